@@ -1,0 +1,12 @@
+"""Heartbeat: outcome metric sources behind one protocol (shiptypes.MetricSource), the
+detector (rate vs baseline) and the watcher.
+
+To add a source, write its module (a config model with a `type` literal and a class taking
+`(config, context)`) and add one line to SOURCES.
+"""
+
+from heartbeat.sim import SimSource, SimSourceConfig
+
+SOURCES: dict[type, type] = {
+    SimSourceConfig: SimSource,
+}

@@ -1,0 +1,284 @@
+"""pipelines.yaml → typed, validated objects.
+
+Every pipeline is an independent pipeline of one region. Unknown keys, duplicate keys and
+unknown link placeholders are errors: a typo must never be silently ignored. Problems are
+reported all at once, each with the file, the line and the field path.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from gates import GATES
+from heartbeat import SOURCES
+from heartbeat.detector import MetricRule
+from orchestrator.slugs import BUILDERS
+from rollout import DRIVERS
+from shiptypes import ProviderConfig, RolloutSettings, Seconds
+
+DEFAULT_FILE = Path("pipelines.yaml")
+LINK_FIELDS = frozenset({"pipeline", "region", "release", "number", "sha", "short_sha", "slug"})
+
+
+def _union(models: Iterable[type], tag: str) -> Any:
+    """A discriminated union of every registered provider's config model."""
+    kinds = tuple(models)
+    if len(kinds) == 1:
+        return kinds[0]
+    return Annotated[Union[kinds], Field(discriminator=tag)]  # type: ignore[valid-type]  # noqa: UP007
+
+
+GateConfig = _union(GATES, "type")
+FleetConfig = _union(DRIVERS, "driver")
+SourceConfig = _union(SOURCES, "type")
+BuildConfig = _union(BUILDERS, "type")
+
+
+class Repo(ProviderConfig):
+    name: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="owner/name on GitHub")
+    branch: str = Field("main", min_length=1)
+
+
+class Preprod(ProviderConfig):
+    name: str = "preprod"
+    url: str | None = Field(None, description="base URL the gates check")
+    fleet: FleetConfig
+    timeout: Seconds = Field(600.0, gt=0, description="deadline for pre-prod to converge")
+
+
+class Heartbeat(ProviderConfig):
+    source: SourceConfig
+    metrics: list[MetricRule] = Field(min_length=1)
+    window: Seconds = Field(60.0, gt=0, description="length of one measurement window")
+    watch: Seconds = Field(1200.0, gt=0, description="how long a release is watched")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_metrics(cls, metrics: list[MetricRule]) -> list[MetricRule]:
+        _require_unique(m.name for m in metrics)
+        return metrics
+
+
+class Rollback(ProviderConfig):
+    auto: bool = True
+    lookback_minutes: float = Field(20.0, gt=0, description="roll back to what was live then")
+
+
+class Stall(ProviderConfig):
+    halts: int = Field(3, ge=1, description="halted releases in a row before paging")
+
+
+class Train(ProviderConfig):
+    max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
+
+
+class Notify(ProviderConfig):
+    console: bool = True
+    slack_channel: str | None = None
+    links: dict[str, str] = Field(default_factory=dict, description="title → URL template")
+
+    @field_validator("links")
+    @classmethod
+    def _known_placeholders(cls, links: dict[str, str]) -> dict[str, str]:
+        for title, template in links.items():
+            try:
+                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+            except ValueError as error:
+                raise ValueError(f"link {title!r}: {error}") from None
+            unknown = fields - LINK_FIELDS
+            if unknown:
+                raise ValueError(
+                    f"link {title!r} uses unknown placeholder(s) {sorted(unknown)}; "
+                    f"known: {sorted(LINK_FIELDS)}"
+                )
+        return links
+
+
+class Pipeline(ProviderConfig):
+    name: str = ""
+    region: str = Field(min_length=1)
+    repo: Repo
+    build: BuildConfig
+    ci: GateConfig | None = Field(None, description="started with the build, awaited as a gate")
+    preprod: Preprod
+    gates: list[GateConfig] = Field(default_factory=list)
+    fleet: FleetConfig
+    rollout: RolloutSettings = RolloutSettings()
+    heartbeat: Heartbeat
+    rollback: Rollback = Rollback()
+    stall: Stall = Stall()
+    train: Train = Train()
+    notify: Notify = Notify()
+
+    @model_validator(mode="after")
+    def _unique_gates(self) -> Pipeline:
+        _require_unique([g.name for g in self.gates] + ([self.ci.name] if self.ci else []))
+        return self
+
+    def link_values(self, number: int, sha: str, slug: str = "") -> dict[str, str]:
+        return {"pipeline": self.name, "region": self.region, "release": f"{self.name}-{number}",
+                "number": str(number), "sha": sha, "short_sha": sha[:7], "slug": slug}
+
+
+class ShipConfig(ProviderConfig):
+    version: Literal[1] = 1
+    pipelines: dict[str, Pipeline] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_extensions(cls, data: Any) -> Any:
+        """Top-level keys starting with "x-" hold YAML anchors for sharing settings."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not str(k).startswith("x-")}
+        return data
+
+    @field_validator("pipelines", mode="before")
+    @classmethod
+    def _names(cls, pipelines: Any) -> Any:
+        if not isinstance(pipelines, dict):
+            return pipelines
+        for name in pipelines:
+            if not isinstance(name, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", name):
+                raise ValueError(f"pipeline name {name!r}: use lowercase letters, digits, - and _")
+        return {name: {**body, "name": name} if isinstance(body, dict) else body
+                for name, body in pipelines.items()}
+
+    def pipeline(self, name: str) -> Pipeline:
+        try:
+            return self.pipelines[name]
+        except KeyError:
+            known = ", ".join(self.pipelines)
+            raise UnknownPipeline(f"unknown pipeline {name!r} (known: {known})") from None
+
+
+def _require_unique(names: Iterable[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"name {name!r} is used twice")
+        seen.add(name)
+
+
+# --- loading, with problems located by file, line and field path ----------------------
+
+
+class UnknownPipeline(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    line: int | None
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Refuses duplicate keys, which PyYAML would otherwise silently overwrite."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load(path: Path | str = DEFAULT_FILE) -> ShipConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError([Problem(str(path), None, "", f"cannot read: {error.strerror}")]) from None
+    return parse(text, str(path))
+
+
+def parse(text: str, filename: str = "pipelines.yaml") -> ShipConfig:
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        problem = getattr(error, "problem", None) or str(error)
+        raise ConfigError([Problem(filename, line, "", f"invalid YAML: {problem}")]) from None
+    if not isinstance(data, dict):
+        raise ConfigError([Problem(filename, 1, "", "the file must be a mapping with 'pipelines'")])
+    try:
+        return ShipConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError([_problem(filename, root, e) for e in error.errors()]) from None
+
+
+def _problem(filename: str, root: yaml.Node | None, error: Any) -> Problem:
+    node, path = _locate(root, error["loc"], error["type"])
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown field (a typo?)"
+    elif error["type"] == "union_tag_invalid":
+        message = message.replace("Input tag", "type")
+    line = node.start_mark.line + 1 if node is not None else None
+    return Problem(filename, line, path, message)
+
+
+def _locate(root: yaml.Node | None, loc: tuple, kind: str) -> tuple[yaml.Node | None, str]:
+    """The YAML node an error is about, and its field path without pydantic's union tags."""
+    node, parts = root, []
+    for item in loc:
+        child = _child(node, item)
+        if child is not None:
+            node = child
+            parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
+        elif not _is_tag(node, item):
+            parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
+            break
+    return node, "".join(parts).lstrip(".")
+
+
+def _child(node: yaml.Node | None, item: str | int) -> yaml.Node | None:
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            if key.value == str(item):
+                return value
+    if isinstance(node, yaml.SequenceNode) and isinstance(item, int) and item < len(node.value):
+        return node.value[item]
+    return None
+
+
+def _is_tag(node: yaml.Node | None, item: str | int) -> bool:
+    """pydantic puts the discriminator's value in the location of a tagged union member."""
+    if not isinstance(node, yaml.MappingNode):
+        return False
+    return any(k.value in ("type", "driver") and getattr(v, "value", None) == item
+               for k, v in node.value)
+
+
+def json_schema() -> dict[str, Any]:
+    schema = ShipConfig.model_json_schema()
+    schema["title"] = "ship pipelines.yaml"
+    return schema

@@ -1,0 +1,71 @@
+"""The release model: an explicit state machine.
+
+    queued → building → preprod → gating → promoting → live → watching → done
+                 ↘          ↘          ↘          ↘            ↘         ↘
+                  failed     halted     halted     halted    rolled_back  rolled_back
+
+A release is *in flight* (it holds its pipeline) from building until it is live or has
+stopped; watching overlaps the next release, which is what lets a pipeline ship many times
+an hour.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    BUILDING = "building"
+    PREPROD = "preprod"
+    GATING = "gating"
+    PROMOTING = "promoting"
+    LIVE = "live"
+    WATCHING = "watching"
+    DONE = "done"
+    HALTED = "halted"
+    ROLLED_BACK = "rolled_back"
+    SUPERSEDED = "superseded"
+    FAILED = "failed"
+
+
+PIPELINE_STAGES = (State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING)
+_BEFORE_LIVE = {State.FAILED, State.HALTED}
+
+TRANSITIONS: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.BUILDING, State.SUPERSEDED, State.FAILED}),
+    State.BUILDING: frozenset({State.PREPROD, *_BEFORE_LIVE}),
+    State.PREPROD: frozenset({State.GATING, *_BEFORE_LIVE}),
+    State.GATING: frozenset({State.PROMOTING, *_BEFORE_LIVE}),
+    State.PROMOTING: frozenset({State.LIVE, *_BEFORE_LIVE}),
+    State.LIVE: frozenset({State.WATCHING, State.DONE, State.ROLLED_BACK}),
+    State.WATCHING: frozenset({State.DONE, State.ROLLED_BACK}),
+    # A release that was watched clean can still be rolled back by hand, or rolled back
+    # past when a later release breaches within the lookback.
+    State.DONE: frozenset({State.ROLLED_BACK}),
+    State.HALTED: frozenset(),
+    State.ROLLED_BACK: frozenset(),
+    State.SUPERSEDED: frozenset(),
+    State.FAILED: frozenset(),
+}
+
+# States in which a release holds its pipeline: no other release may start.
+IN_FLIGHT = frozenset({State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING})
+# States of a release that has reached the fleet and not been undone.
+SHIPPED = frozenset({State.LIVE, State.WATCHING, State.DONE})
+TERMINAL = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)
+
+
+class IllegalTransition(Exception):
+    def __init__(self, release: str, current: State, wanted: State) -> None:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "nothing: it is final"
+        super().__init__(f"release {release} cannot go from {current} to {wanted} "
+                         f"(from {current} it may go to {allowed})")
+        self.current = current
+        self.wanted = wanted
+
+
+def check_transition(release: str, current: State | str, wanted: State | str) -> None:
+    current, wanted = State(current), State(wanted)
+    if wanted not in TRANSITIONS[current]:
+        raise IllegalTransition(release, current, wanted)

@@ -1,0 +1,671 @@
+"""The store: releases, merges, an append-only event log, gate results, locks, rollbacks,
+rollout summaries and the live history, in SQLite (default) or PostgreSQL (same code).
+
+Every write is one transaction, and every change of state writes its event in that same
+transaction. Taking the lock, claiming the pipeline for a release and starting a rollback
+are compare-and-set updates on the pipeline's row, so of two racing callers exactly one
+wins, across threads and processes alike.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from orchestrator import schema as t
+from orchestrator.release import IN_FLIGHT, State, check_transition
+from shiptypes import Clock, Commit, FleetStatus, GateResult, Link, ReleaseRef, Slug, WallClock
+
+DEFAULT_URL = "sqlite:///.ship/ship.db"
+
+
+def database_url() -> str:
+    return os.environ.get("SHIP_DATABASE_URL") or DEFAULT_URL
+
+
+# --- what the store hands out -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Release:
+    id: int
+    pipeline: str
+    number: int
+    state: State
+    sha: str
+    commits: tuple[Commit, ...]
+    slug: Slug | None
+    stage_times: dict[str, datetime]
+    reason: str | None
+    halted_by: str | None
+    created_at: datetime
+
+    @property
+    def name(self) -> str:
+        return f"{self.pipeline}#{self.number}"
+
+    def ref(self) -> ReleaseRef:
+        return ReleaseRef(self.id, self.pipeline, self.number, self.sha, self.slug, self.commits)
+
+    def entered(self, state: State) -> datetime | None:
+        return self.stage_times.get(state.value)
+
+
+@dataclass(frozen=True)
+class Lock:
+    id: int
+    pipeline: str
+    owner: str
+    reason: str
+    auto: bool
+    taken_at: datetime
+    released_at: datetime | None = None
+    released_by: str | None = None
+
+    def describe(self) -> str:
+        kind = "automatically" if self.auto else "by hand"
+        return f"locked {kind} by {self.owner} at {self.taken_at:%Y-%m-%d %H:%M:%S}Z: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    id: int
+    pipeline: str
+    from_id: int
+    to_id: int
+    actor: str
+    reason: str
+    auto: bool
+    breach_at: datetime | None
+    started_at: datetime
+    finished_at: datetime | None
+    outcome: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The outcome of a compare-and-set: `won`, or who holds what was wanted."""
+
+    won: bool
+    lock: Lock | None = None
+    rollback: Rollback | None = None
+    release: Release | None = None
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    id: int
+    at: datetime
+    pipeline: str
+    release_id: int | None
+    kind: str
+    actor: str
+    message: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PipelineState:
+    name: str
+    live: Release | None
+    in_flight: Release | None
+    lock: Lock | None
+    rollback: Rollback | None
+    hold_reason: str | None
+    pending_merges: int
+
+
+@dataclass(frozen=True)
+class LiveEntry:
+    release_id: int
+    number: int
+    state: State
+    since: datetime
+    via: str
+
+
+class StoreError(Exception):
+    pass
+
+
+class ConcurrentUpdate(StoreError):
+    pass
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+class Store:
+    _migrated: set[str] = set()
+    _migrate_lock = threading.Lock()
+
+    def __init__(self, url: str | None = None, clock: Clock | None = None) -> None:
+        self.url = url or database_url()
+        self.clock = clock or WallClock()
+        self.engine = _engine(self.url)
+        self.migrate()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest migration (once per process and database)."""
+        with Store._migrate_lock:
+            if self.url in Store._migrated:
+                return
+            from alembic import command
+            from alembic.config import Config
+
+            config = Config()
+            config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+            with self._tx() as conn:
+                if conn.dialect.name == "postgresql":
+                    # Serialise concurrent first starts; SQLite's BEGIN IMMEDIATE does it there.
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(7411)"))
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+            Store._migrated.add(self.url)
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def now(self) -> datetime:
+        return self.clock.now()
+
+    # --- pipelines ---------------------------------------------------------------------
+
+    def ensure_pipeline(self, name: str) -> None:
+        with self._tx() as conn:
+            _ensure_pipeline(conn, name)
+
+    def pipeline_state(self, name: str) -> PipelineState:
+        with self._tx() as conn:
+            row = _ensure_pipeline(conn, name)
+            pending = conn.execute(
+                sa.select(sa.func.count()).select_from(t.merges)
+                .where(t.merges.c.pipeline == name, t.merges.c.release_id.is_(None))).scalar_one()
+            return PipelineState(
+                name=name,
+                live=_release(conn, row.live_id),
+                in_flight=_release(conn, row.in_flight_id),
+                lock=_lock(conn, row.lock_id),
+                rollback=_rollback(conn, row.rollback_id),
+                hold_reason=row.hold_reason,
+                pending_merges=pending,
+            )
+
+    def set_hold(self, pipeline: str, reason: str | None, actor: str = "ship") -> bool:
+        """Hold (or with None, release) the next promotion. True if anything changed."""
+        with self._tx() as conn:
+            row = _ensure_pipeline(conn, pipeline)
+            if row.hold_reason == reason:
+                return False
+            conn.execute(t.pipelines.update().where(t.pipelines.c.name == pipeline)
+                         .values(hold_reason=reason))
+            message = f"promotions held: {reason}" if reason else "promotions no longer held"
+            self._event(conn, pipeline, "hold" if reason else "unhold", message, actor)
+            return True
+
+    def mark_stall(self, pipeline: str, paged: bool) -> bool:
+        """Record that on-call was paged for a stall (or that it was resolved). True if this
+        call changed it, so a page and its resolve are each sent once."""
+        with self._tx() as conn:
+            _ensure_pipeline(conn, pipeline)
+            condition = (t.pipelines.c.stall_paged_at.is_(None) if paged
+                         else t.pipelines.c.stall_paged_at.is_not(None))
+            return conn.execute(t.pipelines.update().where(t.pipelines.c.name == pipeline, condition)
+                                .values(stall_paged_at=self.now() if paged else None)).rowcount == 1
+
+    def begin_promotion(self, release_id: int, actor: str = "ship") -> Claim:
+        """Move a gated release to promoting unless the pipeline is locked or held, checked
+        in the same transaction so a lock taken a moment earlier always wins."""
+        with self._tx() as conn:
+            release = _release(conn, release_id)
+            row = _ensure_pipeline(conn, release.pipeline)
+            if row.lock_id is not None:
+                lock = _lock(conn, row.lock_id)
+                return Claim(False, lock=lock, release=release, reason=lock.describe())
+            if row.hold_reason:
+                return Claim(False, release=release, reason=f"held: {row.hold_reason}")
+            return Claim(True, release=self._move(conn, release_id, State.PROMOTING, actor))
+
+    # --- merges and release trains ------------------------------------------------------
+
+    def record_merge(self, pipeline: str, commit: Commit, delivery_id: str | None = None) -> bool:
+        """Queue a merged commit for the next release. False if it was already recorded."""
+        with self._tx() as conn:
+            _ensure_pipeline(conn, pipeline)
+            seen = conn.execute(sa.select(t.merges.c.id).where(
+                t.merges.c.pipeline == pipeline, t.merges.c.sha == commit.sha)).first()
+            if seen:
+                return False
+            conn.execute(t.merges.insert().values(
+                pipeline=pipeline, sha=commit.sha, author=commit.author, message=commit.message,
+                merged_at=commit.merged_at or self.now(), delivery_id=delivery_id))
+            self._event(conn, pipeline, "merge", f"merged {commit.sha[:7]} by {commit.author}",
+                        commit.author or "github", data={"sha": commit.sha})
+            return True
+
+    def start_release(self, pipeline: str, max_commits: int, actor: str) -> Claim:
+        """Claim the pipeline and create a release carrying the oldest pending merges (a
+        release train). Refused while locked, while another release is in flight, or with
+        nothing to ship."""
+        with self._tx() as conn:
+            row = _ensure_pipeline(conn, pipeline)
+            if row.lock_id is not None:
+                lock = _lock(conn, row.lock_id)
+                return Claim(False, lock=lock, reason=lock.describe() if lock else "locked")
+            if row.in_flight_id is not None:
+                busy = _release(conn, row.in_flight_id)
+                return Claim(False, release=busy, reason=f"{busy.name} is in flight" if busy
+                             else "another release is in flight")
+            pending = conn.execute(
+                sa.select(t.merges).where(t.merges.c.pipeline == pipeline,
+                                          t.merges.c.release_id.is_(None))
+                .order_by(t.merges.c.merged_at, t.merges.c.id).limit(max_commits)).all()
+            if not pending:
+                return Claim(False, reason="nothing merged since the last release")
+            now = self.now()
+            commits = [{"sha": m.sha, "author": m.author, "message": m.message,
+                        "merged_at": m.merged_at.isoformat()} for m in pending]
+            release_id = conn.execute(t.releases.insert().values(
+                pipeline=pipeline, number=row.next_number, state=State.QUEUED.value,
+                sha=pending[-1].sha, commits=commits, stage_times={"queued": now.isoformat()},
+                created_at=now)).inserted_primary_key[0]
+            claimed = conn.execute(
+                t.pipelines.update()
+                .where(t.pipelines.c.name == pipeline, t.pipelines.c.in_flight_id.is_(None),
+                       t.pipelines.c.lock_id.is_(None))
+                .values(in_flight_id=release_id, next_number=row.next_number + 1)).rowcount
+            if claimed != 1:
+                raise ConcurrentUpdate(f"pipeline {pipeline} changed while starting a release")
+            conn.execute(t.merges.update().where(t.merges.c.id.in_([m.id for m in pending]))
+                         .values(release_id=release_id))
+            release = _release(conn, release_id)
+            self._event(conn, pipeline, "queued",
+                        f"{release.name} queued with {len(commits)} commit(s)", actor, release_id)
+            return Claim(True, release=release)
+
+    # --- releases --------------------------------------------------------------------------
+
+    def release(self, release_id: int) -> Release:
+        with self._tx() as conn:
+            found = _release(conn, release_id)
+        if found is None:
+            raise StoreError(f"no release with id {release_id}")
+        return found
+
+    def release_by_number(self, pipeline: str, number: int) -> Release | None:
+        with self._tx() as conn:
+            found = conn.execute(sa.select(t.releases.c.id).where(
+                t.releases.c.pipeline == pipeline, t.releases.c.number == number)).scalar()
+            return _release(conn, found)
+
+    def releases(self, pipeline: str, limit: int = 50) -> list[Release]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(t.releases).where(t.releases.c.pipeline == pipeline)
+                                .order_by(t.releases.c.number.desc()).limit(limit)).all()
+            return [_to_release(r) for r in rows]
+
+    def move(self, release_id: int, to: State, actor: str = "ship", reason: str | None = None,
+             halted_by: str | None = None) -> Release:
+        """Move a release to a new state (compare-and-set on its current state), write the
+        event, and free the pipeline when the release stops holding it."""
+        with self._tx() as conn:
+            return self._move(conn, release_id, to, actor, reason, halted_by)
+
+    def _move(self, conn: Connection, release_id: int, to: State, actor: str,
+              reason: str | None = None, halted_by: str | None = None) -> Release:
+        current = _release(conn, release_id)
+        if current is None:
+            raise StoreError(f"no release with id {release_id}")
+        check_transition(current.name, current.state, to)
+        now = self.now()
+        times = {k: v.isoformat() for k, v in current.stage_times.items()} | {to.value:
+                                                                              now.isoformat()}
+        values: dict[str, Any] = {"state": to.value, "stage_times": times}
+        if reason is not None:
+            values["reason"] = reason
+        if halted_by is not None:
+            values["halted_by"] = halted_by
+        changed = conn.execute(t.releases.update().where(
+            t.releases.c.id == release_id, t.releases.c.state == current.state.value)
+            .values(**values)).rowcount
+        if changed != 1:
+            raise ConcurrentUpdate(f"{current.name} changed state while moving to {to}")
+        if current.state in IN_FLIGHT and to not in IN_FLIGHT:
+            conn.execute(t.pipelines.update().where(t.pipelines.c.name == current.pipeline,
+                                                    t.pipelines.c.in_flight_id == release_id)
+                         .values(in_flight_id=None))
+        message = f"{current.name} {current.state} → {to}" + (f": {reason}" if reason else "")
+        self._event(conn, current.pipeline, to.value, message, actor, release_id,
+                    {"from": current.state.value, "to": to.value})
+        return _release(conn, release_id)
+
+    def set_slug(self, release_id: int, slug: Slug) -> None:
+        with self._tx() as conn:
+            conn.execute(t.releases.update().where(t.releases.c.id == release_id)
+                         .values(slug_id=slug.id, slug_uri=slug.uri))
+
+    def set_flow_run(self, release_id: int, flow_run_id: str) -> None:
+        with self._tx() as conn:
+            conn.execute(t.releases.update().where(t.releases.c.id == release_id)
+                         .values(flow_run_id=flow_run_id))
+
+    def go_live(self, release_id: int, actor: str = "ship") -> Release:
+        """Every host has started the release: it is live, and the pipeline is free."""
+        with self._tx() as conn:
+            release = self._move(conn, release_id, State.LIVE, actor)
+            conn.execute(t.pipelines.update().where(t.pipelines.c.name == release.pipeline)
+                         .values(live_id=release_id))
+            conn.execute(t.live_history.insert().values(
+                pipeline=release.pipeline, release_id=release_id, since=self.now(),
+                via="promote"))
+            return release
+
+    # --- gates and rollouts ---------------------------------------------------------------
+
+    def record_gate(self, release_id: int, result: GateResult) -> None:
+        with self._tx() as conn:
+            release = _release(conn, release_id)
+            conn.execute(t.gate_results.insert().values(
+                release_id=release_id, gate=result.gate, passed=result.passed,
+                errored=result.errored, summary=result.summary,
+                links=[{"title": link.title, "url": link.url} for link in result.links],
+                output_tail=result.output_tail, duration_s=result.duration_s, at=self.now()))
+            verdict = "passed" if result.passed else ("errored" if result.errored else "failed")
+            self._event(conn, release.pipeline, "gate",
+                        f"{release.name} gate {result.gate} {verdict}: {result.summary}",
+                        "ship", release_id, {"gate": result.gate, "passed": result.passed})
+
+    def gate_results(self, release_id: int) -> list[GateResult]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(t.gate_results)
+                                .where(t.gate_results.c.release_id == release_id)
+                                .order_by(t.gate_results.c.id)).all()
+        return [GateResult(r.gate, r.passed, r.summary,
+                           tuple(Link(x["title"], x["url"]) for x in r.links), r.duration_s,
+                           r.output_tail, r.errored) for r in rows]
+
+    def record_rollout(self, release_id: int, kind: str, published_at: datetime,
+                       status: FleetStatus) -> int:
+        with self._tx() as conn:
+            return conn.execute(t.rollouts.insert().values(
+                release_id=release_id, kind=kind, published_at=published_at,
+                **_rollout_values(status))).inserted_primary_key[0]
+
+    def update_rollout(self, rollout_id: int, status: FleetStatus) -> None:
+        with self._tx() as conn:
+            conn.execute(t.rollouts.update().where(t.rollouts.c.id == rollout_id)
+                         .values(**_rollout_values(status)))
+
+    def rollouts(self, release_id: int) -> list[Any]:
+        with self._tx() as conn:
+            return list(conn.execute(sa.select(t.rollouts).where(
+                t.rollouts.c.release_id == release_id).order_by(t.rollouts.c.id)).all())
+
+    # --- locks --------------------------------------------------------------------------------
+
+    def take_lock(self, pipeline: str, owner: str, reason: str, auto: bool = False) -> Claim:
+        with self._tx() as conn:
+            _ensure_pipeline(conn, pipeline)
+            now = self.now()
+            lock_id = conn.execute(t.locks.insert().values(
+                pipeline=pipeline, owner=owner, reason=reason, auto=auto,
+                taken_at=now)).inserted_primary_key[0]
+            won = conn.execute(t.pipelines.update().where(
+                t.pipelines.c.name == pipeline, t.pipelines.c.lock_id.is_(None))
+                .values(lock_id=lock_id)).rowcount == 1
+            if not won:
+                conn.execute(t.locks.delete().where(t.locks.c.id == lock_id))
+                holder = _lock(conn, _ensure_pipeline(conn, pipeline).lock_id)
+                return Claim(False, lock=holder, reason=holder.describe() if holder else "")
+            lock = _lock(conn, lock_id)
+            self._event(conn, pipeline, "lock", lock.describe(), owner,
+                        data={"auto": auto, "reason": reason})
+            return Claim(True, lock=lock)
+
+    def unlock(self, pipeline: str, actor: str, reason: str) -> Lock | None:
+        """Release the lock; returns the lock released, or None if there was none."""
+        with self._tx() as conn:
+            row = _ensure_pipeline(conn, pipeline)
+            if row.lock_id is None:
+                return None
+            released = conn.execute(t.pipelines.update().where(
+                t.pipelines.c.name == pipeline, t.pipelines.c.lock_id == row.lock_id)
+                .values(lock_id=None)).rowcount == 1
+            if not released:
+                raise ConcurrentUpdate(f"the lock of {pipeline} changed while unlocking")
+            conn.execute(t.locks.update().where(t.locks.c.id == row.lock_id).values(
+                released_at=self.now(), released_by=actor, release_reason=reason))
+            lock = _lock(conn, row.lock_id)
+            self._event(conn, pipeline, "unlock", f"unlocked by {actor}: {reason}", actor,
+                        data={"lock_id": row.lock_id})
+            return lock
+
+    def locks(self, pipeline: str, limit: int = 20) -> list[Lock]:
+        with self._tx() as conn:
+            ids = conn.execute(sa.select(t.locks.c.id).where(t.locks.c.pipeline == pipeline)
+                               .order_by(t.locks.c.id.desc()).limit(limit)).scalars().all()
+            return [lock for i in ids if (lock := _lock(conn, i))]
+
+    # --- rollbacks ------------------------------------------------------------------------
+
+    def begin_rollback(self, pipeline: str, from_id: int, to_id: int, actor: str, reason: str,
+                       auto: bool, breach_at: datetime | None = None) -> Claim:
+        """Claim the pipeline's one rollback slot, if `from_id` is still what is live.
+        The loser is told which rollback won."""
+        with self._tx() as conn:
+            _ensure_pipeline(conn, pipeline)
+            now = self.now()
+            rollback_id = conn.execute(t.rollbacks.insert().values(
+                pipeline=pipeline, from_id=from_id, to_id=to_id, actor=actor, reason=reason,
+                auto=auto, breach_at=breach_at, started_at=now,
+                outcome="running")).inserted_primary_key[0]
+            won = conn.execute(t.pipelines.update().where(
+                t.pipelines.c.name == pipeline, t.pipelines.c.rollback_id.is_(None),
+                t.pipelines.c.live_id == from_id).values(rollback_id=rollback_id)).rowcount == 1
+            if not won:
+                conn.execute(t.rollbacks.delete().where(t.rollbacks.c.id == rollback_id))
+                winner = _winning_rollback(conn, pipeline, from_id)
+                why = (f"rollback by {winner.actor} ({'auto' if winner.auto else 'manual'}) "
+                       f"already {'running' if winner.outcome == 'running' else 'done'}"
+                       if winner else "the live release changed")
+                return Claim(False, rollback=winner, reason=why)
+            rollback = _rollback(conn, rollback_id)
+            names = _release(conn, from_id), _release(conn, to_id)
+            self._event(conn, pipeline, "rollback",
+                        f"rollback {names[0].name} → {names[1].name} by {actor}: {reason}",
+                        actor, from_id, {"rollback_id": rollback_id, "auto": auto,
+                                         "to": to_id})
+            return Claim(True, rollback=rollback)
+
+    def finish_rollback(self, rollback_id: int, ok: bool, actor: str, note: str = "") -> Rollback:
+        """Close the rollback. On success the target is live again and every release that
+        went live after it is marked rolled back."""
+        with self._tx() as conn:
+            rollback = _rollback(conn, rollback_id)
+            now = self.now()
+            conn.execute(t.rollbacks.update().where(t.rollbacks.c.id == rollback_id)
+                         .values(finished_at=now, outcome="done" if ok else "failed"))
+            values: dict[str, Any] = {"rollback_id": None}
+            if ok:
+                values["live_id"] = rollback.to_id
+                self._roll_back_releases_after(conn, rollback, actor)
+                conn.execute(t.live_history.insert().values(
+                    pipeline=rollback.pipeline, release_id=rollback.to_id, since=now,
+                    via="rollback"))
+            conn.execute(t.pipelines.update().where(t.pipelines.c.name == rollback.pipeline)
+                         .values(**values))
+            target = _release(conn, rollback.to_id)
+            message = (f"rolled back to {target.name}" if ok
+                       else f"rollback to {target.name} failed: {note}")
+            self._event(conn, rollback.pipeline, "rollback_done" if ok else "rollback_failed",
+                        message, actor, rollback.from_id, {"rollback_id": rollback_id})
+            return _rollback(conn, rollback_id)
+
+    def _roll_back_releases_after(self, conn: Connection, rollback: Rollback, actor: str) -> None:
+        history = _live_history(conn, rollback.pipeline)
+        target_since = max((e.since for e in history if e.release_id == rollback.to_id),
+                           default=None)
+        undone = {e.release_id for e in history
+                  if target_since is None or e.since > target_since} | {rollback.from_id}
+        for release_id in sorted(undone - {rollback.to_id}):
+            release = _release(conn, release_id)
+            if release and release.state in (State.LIVE, State.WATCHING, State.DONE):
+                self._move(conn, release_id, State.ROLLED_BACK, actor,
+                           reason=f"rolled back to #{_release(conn, rollback.to_id).number}")
+
+    def rollbacks(self, pipeline: str, limit: int = 50) -> list[Rollback]:
+        with self._tx() as conn:
+            ids = conn.execute(sa.select(t.rollbacks.c.id).where(
+                t.rollbacks.c.pipeline == pipeline).order_by(t.rollbacks.c.id.desc())
+                .limit(limit)).scalars().all()
+            return [r for i in ids if (r := _rollback(conn, i))]
+
+    def live_history(self, pipeline: str) -> list[LiveEntry]:
+        with self._tx() as conn:
+            return _live_history(conn, pipeline)
+
+    # --- events -----------------------------------------------------------------------------
+
+    def event(self, pipeline: str, kind: str, message: str, actor: str = "ship",
+              release_id: int | None = None, data: dict[str, Any] | None = None) -> None:
+        with self._tx() as conn:
+            self._event(conn, pipeline, kind, message, actor, release_id, data)
+
+    def _event(self, conn: Connection, pipeline: str, kind: str, message: str, actor: str,
+               release_id: int | None = None, data: dict[str, Any] | None = None) -> None:
+        conn.execute(t.events.insert().values(at=self.now(), pipeline=pipeline,
+                                              release_id=release_id, kind=kind, actor=actor,
+                                              message=message, data=data or {}))
+
+    def events(self, pipeline: str, release_id: int | None = None,
+               limit: int = 100) -> list[Event]:
+        query = sa.select(t.events).where(t.events.c.pipeline == pipeline)
+        if release_id is not None:
+            query = query.where(t.events.c.release_id == release_id)
+        with self._tx() as conn:
+            rows = conn.execute(query.order_by(t.events.c.id.desc()).limit(limit)).all()
+        return [Event(r.id, r.at, r.pipeline, r.release_id, r.kind, r.actor, r.message,
+                      r.data or {}) for r in reversed(rows)]
+
+    def halts_in_a_row(self, pipeline: str, kinds: tuple[str, ...] = ("gate", "rollout")) -> int:
+        """How many of the newest finished release attempts were halted by a gate or a
+        failed rollout (a lock is a person's decision, not a stall)."""
+        count = 0
+        for release in self.releases(pipeline, limit=100):
+            if release.state in IN_FLIGHT or release.state == State.QUEUED:
+                continue
+            if release.state != State.HALTED or release.halted_by not in kinds:
+                break
+            count += 1
+        return count
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+def _engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = sa.engine.make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves, below
+            dbapi_connection.execute("PRAGMA journal_mode=WAL")
+            dbapi_connection.execute("PRAGMA busy_timeout=30000")
+
+        @sa.event.listens_for(engine, "begin")
+        def _begin(conn: Connection) -> None:
+            # Take the write lock up front: a deferred transaction that reads and then
+            # writes can fail at once under contention instead of waiting its turn.
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _rollout_values(status: FleetStatus) -> dict[str, Any]:
+    return {"hosts": status.hosts, "started": status.started, "converged": status.converged,
+            "failed": status.failed, "first_request_at": status.first_request_at,
+            "all_started_at": status.all_started_at, "half_at": status.half_at,
+            "p95_at": status.p95_at, "converged_at": status.converged_at,
+            "failures": [{"host": f.host, "reason": f.reason} for f in status.failures]}
+
+
+def _ensure_pipeline(conn: Connection, name: str) -> Any:
+    row = conn.execute(sa.select(t.pipelines).where(t.pipelines.c.name == name)).first()
+    if row is None:
+        conn.execute(t.pipelines.insert().values(name=name))
+        row = conn.execute(sa.select(t.pipelines).where(t.pipelines.c.name == name)).one()
+    return row
+
+
+def _release(conn: Connection, release_id: int | None) -> Release | None:
+    if release_id is None:
+        return None
+    row = conn.execute(sa.select(t.releases).where(t.releases.c.id == release_id)).first()
+    return _to_release(row) if row else None
+
+
+def _to_release(row: Any) -> Release:
+    commits = tuple(Commit(c["sha"], c.get("author", ""), c.get("message", ""),
+                           datetime.fromisoformat(c["merged_at"]) if c.get("merged_at") else None)
+                    for c in row.commits)
+    slug = Slug(row.slug_id, row.slug_uri or "") if row.slug_id else None
+    times = {k: datetime.fromisoformat(v) for k, v in (row.stage_times or {}).items()}
+    return Release(row.id, row.pipeline, row.number, State(row.state), row.sha, commits, slug,
+                   times, row.reason, row.halted_by, row.created_at)
+
+
+def _lock(conn: Connection, lock_id: int | None) -> Lock | None:
+    if lock_id is None:
+        return None
+    r = conn.execute(sa.select(t.locks).where(t.locks.c.id == lock_id)).first()
+    return Lock(r.id, r.pipeline, r.owner, r.reason, r.auto, r.taken_at, r.released_at,
+                r.released_by) if r else None
+
+
+def _rollback(conn: Connection, rollback_id: int | None) -> Rollback | None:
+    if rollback_id is None:
+        return None
+    r = conn.execute(sa.select(t.rollbacks).where(t.rollbacks.c.id == rollback_id)).first()
+    return Rollback(r.id, r.pipeline, r.from_id, r.to_id, r.actor, r.reason, r.auto,
+                    r.breach_at, r.started_at, r.finished_at, r.outcome) if r else None
+
+
+def _winning_rollback(conn: Connection, pipeline: str, from_id: int) -> Rollback | None:
+    """The rollback running now, else the newest one away from `from_id`."""
+    active = conn.execute(sa.select(t.pipelines.c.rollback_id)
+                          .where(t.pipelines.c.name == pipeline)).scalar()
+    if active is not None:
+        return _rollback(conn, active)
+    newest = conn.execute(sa.select(t.rollbacks.c.id).where(
+        t.rollbacks.c.pipeline == pipeline, t.rollbacks.c.from_id == from_id)
+        .order_by(t.rollbacks.c.id.desc()).limit(1)).scalar()
+    return _rollback(conn, newest)
+
+
+def _live_history(conn: Connection, pipeline: str) -> list[LiveEntry]:
+    rows = conn.execute(
+        sa.select(t.live_history, t.releases.c.number, t.releases.c.state)
+        .join(t.releases, t.releases.c.id == t.live_history.c.release_id)
+        .where(t.live_history.c.pipeline == pipeline)
+        .order_by(t.live_history.c.since, t.live_history.c.id)).all()
+    return [LiveEntry(r.release_id, r.number, State(r.state), r.since, r.via) for r in rows]

@@ -1,0 +1,151 @@
+"""A simulated fleet: thousands of in-process hosts with timing distributions and failure
+injection. Publishing draws every host's timeline once; observing is a few binary searches,
+so the orchestrator's work per observation does not grow with the fleet.
+
+The default timings follow the published fleet with `stagger: 2m`: the first new request
+about 2 minutes after promotion, half the fleet in about 4.5 minutes, 95% in under 6."""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_right
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal, TypeVar
+
+from pydantic import Field
+
+from shiptypes import (
+    FleetStatus,
+    HostFailure,
+    ProviderConfig,
+    ProviderContext,
+    ReleaseRef,
+    RolloutSettings,
+    Seconds,
+)
+
+LISTED_FAILURES = 20  # an observation names this many failed hosts at most
+T = TypeVar("T")
+
+
+class SimFleetConfig(ProviderConfig):
+    driver: Literal["sim"]
+    hosts: int = Field(300, ge=1, le=1_000_000)
+    workers: int = Field(4, ge=1, description="processes per host, restarted one at a time")
+    fetch: Seconds = Field(130.0, description="time for a host to notice and unpack a new slug")
+    worker_boot: Seconds = Field(15.0, description="time for a replacement worker to be healthy")
+    drain: Seconds = Field(5.0, description="typical drain of a worker's in-flight requests")
+    jitter: float = Field(0.2, ge=0, le=1, description="relative spread of every duration")
+    fail_releases: list[int] = Field(default_factory=list, description="releases that fail to boot")
+    fail_share: float = Field(1.0, ge=0, le=1, description="share of hosts failing those releases")
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class _Rollout:
+    """One release's timeline, in seconds after publish; everything observe needs besides
+    the elapsed time is computed here once."""
+
+    release: int
+    published_at: datetime
+    hosts: int
+    starts: list[float]  # sorted
+    converges: list[float]  # of hosts that succeed, sorted
+    failures: list[float]  # of hosts that fail, sorted
+    first_request: float | None
+    last: float  # when the last host converged or failed
+    half: float | None
+    p95: float | None
+
+
+class SimFleet:
+    """Implements FleetDriver for `driver: sim`."""
+
+    def __init__(self, config: SimFleetConfig, rollout: RolloutSettings,
+                 context: ProviderContext) -> None:
+        self.config = config
+        self.rollout = rollout
+        self._clock = context.clock
+        self._random = random.Random(config.seed)
+        self._kept: list[int] = []  # releases on disk, newest last
+        self._current: _Rollout | None = None
+
+    def publish(self, release: ReleaseRef) -> None:
+        published_at = self._clock.now()  # promotion, before the draw takes real time
+        cfg = self.config
+        kept = release.number in self._kept
+        failing = release.number in cfg.fail_releases
+        draw, stagger = self._random.random, self.rollout.stagger
+        fetch = self._spread(0.0 if kept else cfg.fetch)
+        worker = self._spread(cfg.drain), self._spread(cfg.worker_boot)
+        boot = self._spread(cfg.worker_boot)
+        starts, converges, failures, firsts = [], [], [], []
+        for _ in range(cfg.hosts):
+            start = fetch() + draw() * stagger
+            starts.append(start)
+            if failing and draw() < cfg.fail_share:
+                failures.append(start + boot() * 2)
+                continue
+            first = start + sum(d() for d in worker)
+            firsts.append(first)
+            converges.append(first + sum(d() for _ in range(cfg.workers - 1) for d in worker))
+        for times in (starts, converges, failures):
+            times.sort()
+        self._current = _Rollout(
+            release.number, published_at, cfg.hosts, starts, converges, failures,
+            first_request=min(firsts, default=None),
+            last=max(converges[-1:] + failures[-1:], default=0.0),
+            half=quantile(converges, 0.5, cfg.hosts),
+            p95=quantile(converges, 0.95, cfg.hosts),
+        )
+        if not failing:
+            self._keep(release.number)
+
+    def observe(self) -> FleetStatus:
+        run = self._current
+        if run is None:
+            return FleetStatus(release=None, hosts=self.config.hosts, started=0, converged=0,
+                               failed=0)
+        elapsed = (self._clock.now() - run.published_at).total_seconds()
+        failed = bisect_right(run.failures, elapsed)
+        return FleetStatus(
+            release=run.release,
+            hosts=run.hosts,
+            started=bisect_right(run.starts, elapsed) - failed,
+            converged=bisect_right(run.converges, elapsed),
+            failed=failed,
+            failures=tuple(HostFailure(f"sim-{i:05d}", "replacement worker never became healthy")
+                           for i in range(min(failed, LISTED_FAILURES))),
+            first_request_at=self._at(run, run.first_request, elapsed),
+            all_started_at=self._at(run, run.starts[-1], elapsed),
+            converged_at=self._at(run, run.last, elapsed),
+            half_at=self._at(run, run.half, elapsed),
+            p95_at=self._at(run, run.p95, elapsed),
+        )
+
+    def _spread(self, seconds: float) -> Callable[[], float]:
+        """A sampler of `seconds` spread evenly by ±jitter: bounded, so the first host of
+        a large fleet is no faster than the fastest host can really be."""
+        low = seconds * (1 - self.config.jitter)
+        width = seconds * 2 * self.config.jitter
+        draw = self._random.random
+        return lambda: low + width * draw()
+
+    def _keep(self, number: int) -> None:
+        if number in self._kept:
+            self._kept.remove(number)
+        self._kept = [*self._kept, number][-self.rollout.keep_releases:]
+
+    @staticmethod
+    def _at(run: _Rollout, offset: float | None, elapsed: float) -> datetime | None:
+        if offset is None or offset > elapsed:
+            return None
+        return run.published_at + timedelta(seconds=offset)
+
+
+def quantile(sorted_times: Sequence[T], share: float, hosts: int) -> T | None:
+    """When `share` of all hosts had converged, or None if that many never will."""
+    index = max(0, int(share * hosts + 0.999999) - 1)
+    return sorted_times[index] if index < len(sorted_times) else None
