@@ -7,7 +7,14 @@ from typing import Literal
 
 from pydantic import Field
 
-from shiptypes import GateResult, PreprodTarget, ProviderConfig, ProviderContext, ReleaseRef, Seconds
+from shiptypes import (
+    GateResult,
+    PreprodTarget,
+    ProviderConfig,
+    ProviderContext,
+    ReleaseRef,
+    Seconds,
+)
 
 
 class SimGateConfig(ProviderConfig):
@@ -16,7 +23,8 @@ class SimGateConfig(ProviderConfig):
     duration: Seconds = 0.0
     fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
     fail_share: float = Field(0.0, ge=0, le=1, description="share of releases that fail at random")
-    error_releases: list[int] = Field(default_factory=list, description="release numbers that error")
+    error_releases: list[int] = Field(default_factory=list,
+                                      description="release numbers whose check errors")
 
 
 class SimGate:

@@ -4,13 +4,17 @@ A breach is an outcome rate below `min_ratio` of its baseline for `windows` cons
 windows (or above `max_ratio`, for rates that must not rise), counting only windows whose
 baseline has at least `min_volume`. "No data" is its own verdict: never healthy, never a
 breach.
+
+The defaults (below 60% for 2 windows) catch a halved rate in 2 windows, and on NAB's NYC
+taxi series, against a weekly baseline, flag Thanksgiving, Christmas and the January
+blizzard with about one other alarm a month: `bench/detector_eval.py` measures both.
 """
 
 from __future__ import annotations
 
 import bisect
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -95,26 +99,6 @@ def value_near(points: Sequence[Point], at: datetime, step_s: float) -> float | 
     return None if best is None else best.value
 
 
-def detect(rule: MetricRule, observed: Series, expected: Sequence[float | None]) -> Decision:
-    if observed.no_data:
-        return Decision("no_data", rule.name, reason=observed.error or "empty series")
-    if not any(e is not None for e in expected):
-        return Decision("no_data", rule.name, reason="no baseline to compare with")
-    judged = judged_windows(rule, observed.points, expected)
-    if not judged:
-        return Decision("no_data", rule.name, reason=f"baseline below min_volume {rule.min_volume}")
-    low_run: list[Window] = []
-    high_run: list[Window] = []
-    for window in judged:
-        low_run = [*low_run, window] if window.observed < rule.min_ratio * window.baseline else []
-        high = rule.max_ratio is not None and window.observed > rule.max_ratio * window.baseline
-        high_run = [*high_run, window] if high else []
-        for run, ratio in ((low_run, rule.min_ratio), (high_run, rule.max_ratio)):
-            if ratio is not None and len(run) >= rule.windows:
-                return _decision("breach", rule, run[-rule.windows:], ratio)
-    return _decision("ok", rule, judged[-1:], rule.min_ratio)
-
-
 @dataclass(frozen=True)
 class Window:
     """One judged window: what was observed and what was expected."""
@@ -122,6 +106,38 @@ class Window:
     at: datetime
     observed: float
     baseline: float
+
+
+def detect(rule: MetricRule, observed: Series, expected: Sequence[float | None]) -> Decision:
+    """The verdict on a watch: the first breach in it, else ok on its latest window."""
+    if observed.no_data:
+        return Decision("no_data", rule.name, reason=observed.error or "empty series")
+    if not any(e is not None for e in expected):
+        return Decision("no_data", rule.name, reason="no baseline to compare with")
+    judged = judged_windows(rule, observed.points, expected)
+    if not judged:
+        return Decision("no_data", rule.name, reason=f"baseline below min_volume {rule.min_volume}")
+    first = next(_breaches(rule, judged), None)
+    return first or _decision("ok", rule, judged[-1:], rule.min_ratio)
+
+
+def onsets(rule: MetricRule, observed: Series, expected: Sequence[float | None]) -> list[Decision]:
+    """Every breach of a rule watching a series without pause: one decision when a run of
+    out-of-bounds windows reaches `windows`; a breach resets once a window is back in bounds."""
+    return list(_breaches(rule, judged_windows(rule, observed.points, expected)))
+
+
+def _breaches(rule: MetricRule, judged: Sequence[Window]) -> Iterator[Decision]:
+    low_run: list[Window] = []
+    high_run: list[Window] = []
+    for window in judged:
+        low = window.observed < rule.min_ratio * window.baseline
+        high = rule.max_ratio is not None and window.observed > rule.max_ratio * window.baseline
+        low_run = [*low_run[-rule.windows:], window] if low else []
+        high_run = [*high_run[-rule.windows:], window] if high else []
+        for run, ratio in ((low_run, rule.min_ratio), (high_run, rule.max_ratio)):
+            if ratio is not None and len(run) == rule.windows:
+                yield _decision("breach", rule, run, ratio)
 
 
 def judged_windows(rule: MetricRule, points: Sequence[Point],

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from gates import GATES
 from heartbeat import SOURCES
@@ -80,26 +80,25 @@ class Train(ProviderConfig):
     max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
 
 
+def _link_template(template: str) -> str:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as error:
+        raise ValueError(f"not a link template: {error}") from None
+    unknown = fields - LINK_FIELDS
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; known: {sorted(LINK_FIELDS)}")
+    return template
+
+
+LinkTemplate = Annotated[str, AfterValidator(_link_template)]
+
+
 class Notify(ProviderConfig):
     console: bool = True
     slack_channel: str | None = None
-    links: dict[str, str] = Field(default_factory=dict, description="title → URL template")
-
-    @field_validator("links")
-    @classmethod
-    def _known_placeholders(cls, links: dict[str, str]) -> dict[str, str]:
-        for title, template in links.items():
-            try:
-                fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-            except ValueError as error:
-                raise ValueError(f"link {title!r}: {error}") from None
-            unknown = fields - LINK_FIELDS
-            if unknown:
-                raise ValueError(
-                    f"link {title!r} uses unknown placeholder(s) {sorted(unknown)}; "
-                    f"known: {sorted(LINK_FIELDS)}"
-                )
-        return links
+    links: dict[str, LinkTemplate] = Field(default_factory=dict,
+                                           description="title → URL template")
 
 
 class Pipeline(ProviderConfig):
@@ -214,13 +213,14 @@ def load(path: Path | str = DEFAULT_FILE) -> ShipConfig:
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError([Problem(str(path), None, "", f"cannot read: {error.strerror}")]) from None
+        problem = Problem(str(path), None, "", f"cannot read: {error.strerror}")
+        raise ConfigError([problem]) from None
     return parse(text, str(path))
 
 
 def parse(text: str, filename: str = "pipelines.yaml") -> ShipConfig:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_StrictLoader)
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
@@ -247,27 +247,29 @@ def _problem(filename: str, root: yaml.Node | None, error: Any) -> Problem:
 
 
 def _locate(root: yaml.Node | None, loc: tuple, kind: str) -> tuple[yaml.Node | None, str]:
-    """The YAML node an error is about, and its field path without pydantic's union tags."""
-    node, parts = root, []
+    """The YAML node an error is about (the key, for a mapping field), and its field path
+    without pydantic's union tags."""
+    node, at, parts = root, root, []
     for item in loc:
-        child = _child(node, item)
+        key, child = _child(node, item)
         if child is not None:
-            node = child
+            node, at = child, key or child
             parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
         elif not _is_tag(node, item):
             parts.append(f"[{item}]" if isinstance(item, int) else f".{item}")
             break
-    return node, "".join(parts).lstrip(".")
+    return at, "".join(parts).lstrip(".")
 
 
-def _child(node: yaml.Node | None, item: str | int) -> yaml.Node | None:
+def _child(node: yaml.Node | None, item: str | int) -> tuple[yaml.Node | None, yaml.Node | None]:
+    """(key node, value node) of a mapping field, or (None, item node) of a sequence."""
     if isinstance(node, yaml.MappingNode):
         for key, value in node.value:
             if key.value == str(item):
-                return value
+                return key, value
     if isinstance(node, yaml.SequenceNode) and isinstance(item, int) and item < len(node.value):
-        return node.value[item]
-    return None
+        return None, node.value[item]
+    return None, None
 
 
 def _is_tag(node: yaml.Node | None, item: str | int) -> bool:

@@ -12,20 +12,19 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from orchestrator import engine  # noqa: F401 - Prefect settings before Prefect loads
-from prefect import flow, get_run_logger, task  # noqa: E402
-from prefect.cache_policies import NO_CACHE  # noqa: E402
-from prefect.context import FlowRunContext  # noqa: E402
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
 
-from heartbeat.detector import Decision, MetricRule  # noqa: E402
-from heartbeat.watcher import look  # noqa: E402
-from orchestrator import runtime  # noqa: E402
-from orchestrator.release import SHIPPED, TRANSITIONS, State  # noqa: E402
-from orchestrator.rollback import NoRollbackTarget, choose_target  # noqa: E402
-from orchestrator.runtime import PipelineRuntime  # noqa: E402
-from orchestrator.slugs import BuildFailed  # noqa: E402
-from orchestrator.store import Release  # noqa: E402
-from shiptypes import FleetDriver, FleetStatus, GateResult, PreprodTarget  # noqa: E402
+from heartbeat.detector import Decision, MetricRule
+from heartbeat.watcher import look
+from orchestrator import runtime
+from orchestrator.release import SHIPPED, TRANSITIONS, State
+from orchestrator.rollback import NoRollbackTarget, choose_target
+from orchestrator.runtime import PipelineRuntime
+from orchestrator.slugs import BuildFailed
+from orchestrator.store import Release
+from shiptypes import FleetDriver, FleetStatus, GateResult, PreprodTarget
 
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retries": 0}
 FLOW = {"persist_result": False, "validate_parameters": False}
@@ -179,7 +178,7 @@ async def gate_task(pipeline: str, release_id: int, gate_name: str) -> GateResul
     began = rt.clock.now()
     try:
         result = await asyncio.to_thread(gate.run, release.ref(), target)
-    except Exception as error:  # noqa: BLE001 - a gate that errors fails closed
+    except Exception as error:
         took = (rt.clock.now() - began).total_seconds()
         result = GateResult(gate_name, False, f"the gate errored: {type(error).__name__}: "
                             f"{error}", duration_s=took, errored=True)
@@ -284,6 +283,7 @@ async def watch_flow(pipeline: str, release_id: int) -> str:
     since = release.entered(State.LIVE) or rt.clock.now()
     end = since + timedelta(seconds=hb.watch)
     rules = [_localised(rt, rule) for rule in hb.metrics]
+    blind: Decision | None = None
     while (now := rt.clock.now()) < end:
         await rt.clock.wait(min(hb.window, (end - now).total_seconds()))
         release = rt.store.release(release_id)
@@ -293,8 +293,13 @@ async def watch_flow(pipeline: str, release_id: int) -> str:
                                           hb.window)
         if verdict.breach:
             return await _on_breach(rt, release, verdict.breach)
-        _hold_while_blind(rt, release, verdict.no_data)
-    _hold_while_blind(rt, release, None)
+        blind = verdict.no_data
+        _hold_while_blind(rt, release, blind)
+    if blind is not None:
+        # Never call a release healthy without data: the hold stays until data returns
+        # on a later watch or a person resumes the pipeline.
+        rt.store.move(release_id, State.DONE, reason=f"watch ended blind: {blind.explanation}")
+        return State.DONE.value
     release = rt.store.move(release_id, State.DONE)
     rt.notify("watch_ok", f"{release.name} watched for {hb.watch / 60:.0f} min: heartbeat "
               "healthy", release)
@@ -358,16 +363,28 @@ async def rollback_flow(pipeline: str, actor: str, reason: str, auto: bool = Fal
         target = _rollback_target(rt, live, to_number, minutes_ago, breach_at)
     except NoRollbackTarget as refusal:
         rt.store.event(pipeline, "rollback_refused", f"rollback refused: {refusal}", actor)
-        return RollbackOutcome(False, str(refusal), bad_input=isinstance(refusal, BadTarget))
+        return _refusal(rt, live, refusal)
     claim = rt.store.begin_rollback(pipeline, live.id, target.id, actor, reason, auto, breach_at)
     if not claim.won:
         rt.notify("refused", f"rollback by {actor} not started: {claim.reason}", live, actor=actor)
-        return RollbackOutcome(False, claim.reason, rollback_id=claim.rollback and claim.rollback.id)
+        winner = claim.rollback.id if claim.rollback else None
+        return RollbackOutcome(False, claim.reason, rollback_id=winner)
     lock_reason = reason if reason.startswith("auto-rollback") or not auto else f"auto: {reason}"
     rt.store.take_lock(pipeline, actor, lock_reason, auto=auto)
     rt.notify("rollback", f"rolling back {live.name} → {target.name} ({actor}): {reason}",
               live, level="page" if auto else "warning", actor=actor)
     return await _move_fleet_back(rt, claim.rollback.id, live, target, actor)
+
+
+def _refusal(rt: PipelineRuntime, live: Release, refusal: NoRollbackTarget) -> RollbackOutcome:
+    """Say no, naming the rollback that got there first when there was one (a double
+    click, or a manual and an automatic rollback racing)."""
+    latest = next(iter(rt.store.rollbacks(rt.name, limit=1)), None)
+    if latest is not None and latest.to_id == live.id and not isinstance(refusal, BadTarget):
+        kind = "automatic" if latest.auto else "manual"
+        return RollbackOutcome(False, f"{refusal}: the {kind} rollback by {latest.actor} "
+                               f"({latest.outcome}) got there first", rollback_id=latest.id)
+    return RollbackOutcome(False, str(refusal), bad_input=isinstance(refusal, BadTarget))
 
 
 async def _move_fleet_back(rt: PipelineRuntime, rollback_id: int, live: Release,

@@ -21,7 +21,8 @@ def choose_target(history: Sequence[LiveEntry], live_id: int | None, at: datetim
     their watch, a breach rolls back past both."""
     before = [entry for entry in history if entry.since <= at]
     if not before:
-        oldest = f" (the first release went live at {history[0].since:%H:%M:%S}Z)" if history else ""
+        oldest = (f" (the first release went live at {history[0].since:%H:%M:%S}Z)"
+                  if history else "")
         raise NoRollbackTarget(f"nothing was live at {at:%Y-%m-%d %H:%M:%S}Z{oldest}")
     for entry in reversed(before):
         if entry.release_id != live_id and entry.state in SHIPPED:

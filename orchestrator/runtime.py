@@ -47,7 +47,7 @@ class Broadcast:
         for notifier in self.notifiers:
             try:
                 notifier.notify(notice)
-            except Exception as error:  # noqa: BLE001 - a notifier must never fail a release
+            except Exception as error:
                 self.store.event(notice.pipeline, "notify_failed",
                                  f"{notifier.name} could not send {notice.kind}: "
                                  f"{type(error).__name__}: {error}",
@@ -121,6 +121,10 @@ class Ship:
             self._pipelines[name] = self._build(self.config.pipeline(name))
         return self._pipelines[name]
 
+    def running(self) -> list[str]:
+        """The pipelines this process has built a runtime for."""
+        return list(self._pipelines)
+
     def _build(self, pipeline: Pipeline) -> PipelineRuntime:
         context = ProviderContext(pipeline=pipeline.name, region=pipeline.region,
                                   clock=self.clock, env=self.env,
@@ -136,7 +140,9 @@ class Ship:
             builder=make(BUILDERS, pipeline.build),  # type: ignore[arg-type]
             ci=make(GATES, pipeline.ci) if pipeline.ci else None,  # type: ignore[arg-type]
             gates=[make(GATES, g) for g in pipeline.gates],  # type: ignore[misc]
-            preprod=make(DRIVERS, pipeline.preprod.fleet, pipeline.rollout),  # type: ignore[arg-type]
+            # Pre-prod is a host or two: staggering it would only make every release wait.
+            preprod=make(DRIVERS, pipeline.preprod.fleet,  # type: ignore[arg-type]
+                         pipeline.rollout.model_copy(update={"stagger": 0.0})),
             fleet=make(DRIVERS, pipeline.fleet, pipeline.rollout),  # type: ignore[arg-type]
             source=make(SOURCES, pipeline.heartbeat.source),  # type: ignore[arg-type]
             broadcast=Broadcast(notifiers, self.store),

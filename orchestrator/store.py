@@ -225,8 +225,10 @@ class Store:
             _ensure_pipeline(conn, pipeline)
             condition = (t.pipelines.c.stall_paged_at.is_(None) if paged
                          else t.pipelines.c.stall_paged_at.is_not(None))
-            return conn.execute(t.pipelines.update().where(t.pipelines.c.name == pipeline, condition)
-                                .values(stall_paged_at=self.now() if paged else None)).rowcount == 1
+            changed = conn.execute(
+                t.pipelines.update().where(t.pipelines.c.name == pipeline, condition)
+                .values(stall_paged_at=self.now() if paged else None)).rowcount
+            return changed == 1
 
     def begin_promotion(self, release_id: int, actor: str = "ship") -> Claim:
         """Move a gated release to promoting unless the pipeline is locked or held, checked

@@ -11,6 +11,7 @@ function of the Request. Every request is recorded in `vendor.requests`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -119,10 +120,8 @@ class FakeServer:
                     self.send_header(name, value)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 

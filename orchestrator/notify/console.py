@@ -22,6 +22,8 @@ class ConsoleNotifier:
     def notify(self, notice: Notice) -> None:
         icon = _ICON.get(notice.kind, "•")
         style = _STYLE[notice.level]
-        text = escape(notice.text) if notice.level != "page" else f"PAGE on-call: {escape(notice.text)}"
+        text = escape(notice.text)
+        if notice.level == "page":
+            text = f"PAGE on-call: {text}"
         self.console.print(f"[dim]{notice.pipeline:>4}[/] {icon} [{style}]{text}[/]",
                            highlight=False, markup=True)

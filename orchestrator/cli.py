@@ -1,0 +1,349 @@
+"""The `ship` command line.
+
+Exit codes: 0 ok · 1 the operation was refused or failed (locked, gate failed, rollback
+refused) · 2 bad input (config, unknown pipeline or release).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from orchestrator import config as config_module
+from orchestrator.config import ConfigError, UnknownPipeline
+
+OK, REFUSED, BAD_INPUT = 0, 1, 2
+EPILOG = """exit codes:
+  0  ok
+  1  the operation was refused or failed (locked, gate failed, rollback refused)
+  2  bad input (config file, unknown pipeline or release)
+
+environment:
+  SHIP_DATABASE_URL  store URL (default sqlite:///.ship/ship.db; postgresql+psycopg://… works)
+  SHIP_CONFIG        pipelines file (default pipelines.yaml)
+  SHIP_USER          who you are in events and locks (default: your login)
+"""
+
+out = Console()
+err = Console(stderr=True)
+
+
+class BadInput(Exception):
+    pass
+
+
+class Refused(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:
+        from rollout.agent import main as agent_main
+
+        return agent_main(argv[1:])
+    args = _parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except ConfigError as error:
+        for problem in error.problems:
+            err.print(f"[red]✘[/] {problem}", highlight=False, markup=True)
+        err.print(f"{len(error.problems)} problem(s) found")
+        return BAD_INPUT
+    except (BadInput, UnknownPipeline) as error:
+        err.print(f"[red]error:[/] {_text(error)}")
+        return BAD_INPUT
+    except Refused as error:
+        err.print(f"[yellow]refused:[/] {_text(error)}")
+        return REFUSED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as error:
+        if os.environ.get("SHIP_DEBUG"):
+            raise
+        err.print(f"[red]error:[/] {type(error).__name__}: {_text(error)} "
+                  "(set SHIP_DEBUG=1 for a traceback)")
+        return REFUSED
+
+
+def _text(error: BaseException) -> str:
+    return str(error.args[0]) if error.args else str(error)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ship", description="Every merge to main becomes a production release within "
+        "minutes; trouble is noticed and undone fast.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", type=Path,
+                        default=Path(os.environ.get("SHIP_CONFIG", "pipelines.yaml")),
+                        help="pipelines file (default: pipelines.yaml)")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="run pipeline time N× faster (for simulated pipelines)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[argparse.Namespace], int], text: str,
+                ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=text, description=text, epilog=EPILOG,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.set_defaults(run=run)
+        return sub
+
+    demo = command("demo", _demo, "run the whole story on the simulated pipelines")
+    demo.add_argument("--pipeline", default="us", help="pipeline the story runs on")
+    demo.add_argument("--demo-speed", type=float, default=90.0, dest="demo_speed",
+                      help="pipeline minutes per real minute (default 90)")
+
+    deploy = command("deploy", _deploy, "ship a commit (and whatever else is queued)")
+    deploy.add_argument("pipeline")
+    deploy.add_argument("--sha", help="commit to ship (default: a new simulated commit)")
+    deploy.add_argument("--author", default=None, help="who merged it (default: you)")
+    deploy.add_argument("--message", default="", help="commit message")
+    deploy.add_argument("--no-watch", action="store_true",
+                        help="return once live instead of waiting for the heartbeat watch")
+
+    status = command("status", _status, "pipelines: live release, lock, what is in flight")
+    status.add_argument("pipeline", nargs="?")
+    status.add_argument("--json", action="store_true")
+
+    releases = command("releases", _releases, "a pipeline's releases with stage durations")
+    releases.add_argument("pipeline")
+    releases.add_argument("--limit", type=int, default=20)
+    releases.add_argument("--json", action="store_true")
+
+    events = command("events", _events, "a pipeline's event log")
+    events.add_argument("pipeline")
+    events.add_argument("--release", type=int, help="only this release number")
+    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--json", action="store_true")
+
+    rollback = command("rollback", _rollback, "roll back by hand (no gates); locks the pipeline")
+    rollback.add_argument("pipeline")
+    target = rollback.add_mutually_exclusive_group()
+    target.add_argument("--to", type=int, metavar="RELEASE", help="release number to go back to")
+    target.add_argument("--minutes-ago", type=float, metavar="N",
+                        help="go back to what was live N minutes ago (default: the lookback)")
+    rollback.add_argument("--reason", default="manual rollback")
+
+    lock = command("lock", _lock, "stop releases from being promoted")
+    lock.add_argument("pipeline")
+    lock.add_argument("--reason", required=True)
+
+    unlock = command("unlock", _unlock, "let releases be promoted again (a reason is required)")
+    unlock.add_argument("pipeline")
+    unlock.add_argument("--reason", required=True)
+
+    dora = command("dora", _dora, "DORA metrics over 1, 7 and 30 days")
+    dora.add_argument("pipeline", nargs="?")
+    dora.add_argument("--json", action="store_true")
+
+    validate = command("validate", _validate, "check a pipelines file; every problem, with line")
+    validate.add_argument("file", nargs="?", type=Path)
+
+    command("schema", _schema, "print the JSON Schema of pipelines.yaml (for editors)")
+    commands.add_parser("agent", help="run a host agent (see `ship agent --help`)")
+    for sub in (deploy, status, releases, events, rollback, lock, unlock, dora):
+        sub.add_argument("--as", dest="actor", default=None, help="who you are (default: login)")
+    return parser
+
+
+# --- commands ---------------------------------------------------------------------------------
+
+
+def _validate(args: argparse.Namespace) -> int:
+    path = args.file or args.config
+    loaded = config_module.load(path)
+    names = ", ".join(f"{p.name} ({p.region})" for p in loaded.pipelines.values())
+    out.print(f"[green]✔[/] {path}: {len(loaded.pipelines)} pipeline(s): {names}")
+    return OK
+
+
+def _schema(_args: argparse.Namespace) -> int:
+    print(json.dumps(config_module.json_schema(), indent=2))
+    return OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from orchestrator import report
+
+    loaded, store = _open(args)
+    names = [_pipeline(loaded, args.pipeline)] if args.pipeline else list(loaded.pipelines)
+    states = [store.pipeline_state(name) for name in names]
+    if args.json:
+        rows = []
+        for state in states:
+            last = store.releases(state.name, limit=1)
+            rows.append(report.pipeline_dict(state) | {
+                "last_release": report.release_dict(store, last[0]) if last else None})
+        print(json.dumps(rows if not args.pipeline else rows[0], indent=2))
+        return OK
+    out.print(report.pipelines_table(states))
+    for state in states:
+        last = store.releases(state.name, limit=3)
+        if last:
+            out.print(report.releases_table(store, last, title=f"{state.name}: latest releases"))
+    return OK
+
+
+def _releases(args: argparse.Namespace) -> int:
+    from orchestrator import report
+
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    releases = store.releases(name, limit=args.limit)
+    if args.json:
+        print(json.dumps([report.release_dict(store, r) for r in releases], indent=2))
+    else:
+        out.print(report.releases_table(store, releases, title=f"{name}: releases"))
+    return OK
+
+
+def _events(args: argparse.Namespace) -> int:
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    release_id = None
+    if args.release is not None:
+        release = store.release_by_number(name, args.release)
+        if release is None:
+            raise BadInput(f"{name} has no release #{args.release}")
+        release_id = release.id
+    events = store.events(name, release_id=release_id, limit=args.limit)
+    if args.json:
+        print(json.dumps([{"at": e.at.isoformat(), "kind": e.kind, "actor": e.actor,
+                           "message": e.message, "release_id": e.release_id, "data": e.data}
+                          for e in events], indent=2))
+        return OK
+    for e in events:
+        out.print(f"[dim]{e.at:%Y-%m-%d %H:%M:%S}[/] {e.kind:<14} [cyan]{e.actor:<10}[/] "
+                  f"{e.message}", highlight=False, markup=True)
+    return OK
+
+
+def _lock(args: argparse.Namespace) -> int:
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    claim = store.take_lock(name, _actor(args), args.reason, auto=False)
+    if not claim.won:
+        raise Refused(f"{name} is already {claim.reason}")
+    out.print(f"🔒 {name} {claim.lock.describe()}")
+    return OK
+
+
+def _unlock(args: argparse.Namespace) -> int:
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    lock = store.unlock(name, _actor(args), args.reason)
+    if lock is None:
+        raise Refused(f"{name} is not locked")
+    out.print(f"🔓 {name} unlocked (was {lock.describe()})")
+    return OK
+
+
+def _dora(args: argparse.Namespace) -> int:
+    from orchestrator import dora, report
+
+    loaded, store = _open(args)
+    names = [_pipeline(loaded, args.pipeline)] if args.pipeline else list(loaded.pipelines)
+    figures = [dora.measure(store, name, days) for name in names for days in (1, 7, 30)]
+    if args.json:
+        print(json.dumps([f.as_dict() for f in figures], indent=2))
+    else:
+        out.print(report.dora_table(figures))
+    return OK
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from shiptypes import Commit
+
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    actor = _actor(args)
+    sha = args.sha or hashlib.sha1(f"{name}{time.time_ns()}".encode()).hexdigest()
+    if not all(c in "0123456789abcdef" for c in sha.lower()) or not 7 <= len(sha) <= 64:
+        raise BadInput(f"--sha {sha!r} is not a commit id (7 to 64 hex digits)")
+    commit = Commit(sha.lower(), args.author or actor, args.message, store.now())
+    outcome = _run(store, loaded, lambda runner: runner.deploy(name, [commit], actor,
+                                                              watch=not args.no_watch),
+                   settle=not args.no_watch)
+    if not outcome.started:
+        if outcome.lock is not None:
+            raise Refused(f"{name} is {outcome.reason}")
+        out.print(f"queued {sha[:7]}: {outcome.reason}; it rides the next release")
+        return OK
+    out.print(f"{outcome.release.name}: {outcome.state}"
+              + (f" ({outcome.release.reason})" if outcome.release.reason else ""))
+    return OK if outcome.shipped or outcome.state == "done" else REFUSED
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    outcome = _run(store, loaded, lambda runner: runner.rollback(
+        name, _actor(args), args.reason, to_number=args.to, minutes_ago=args.minutes_ago))
+    if outcome.bad_input:
+        raise BadInput(outcome.reason)
+    if not outcome.won:
+        raise Refused(outcome.reason)
+    out.print(f"⏪ {outcome.reason}; {name} is locked (unlock with `ship unlock {name} "
+              "--reason …`)")
+    return OK
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return run_demo(args.config, args.pipeline, args.demo_speed, out)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _open(args: argparse.Namespace) -> tuple[config_module.ShipConfig, Any]:
+    from orchestrator.store import Store
+    from shiptypes import ScaledClock, WallClock
+
+    loaded = config_module.load(args.config)
+    clock = ScaledClock(args.speed) if args.speed != 1.0 else WallClock()
+    return loaded, Store(clock=clock)
+
+
+def _pipeline(loaded: config_module.ShipConfig, name: str) -> str:
+    return loaded.pipeline(name).name
+
+
+def _actor(args: argparse.Namespace) -> str:
+    return args.actor or os.environ.get("SHIP_USER") or getpass.getuser()
+
+
+def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any],
+         settle: bool = True) -> Any:
+    """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set).
+    With `settle`, wait for the watches and fleet followers the work started."""
+    from orchestrator.runner import Runner
+    from orchestrator.runtime import Ship, use
+
+    runner = Runner(use(Ship(loaded, store)))
+
+    async def go() -> Any:
+        result = await work(runner)
+        if settle:
+            for name in runner.ship.running():
+                await runner.settle(name)
+        return result
+
+    return asyncio.run(go())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
