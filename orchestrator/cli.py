@@ -311,11 +311,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _open(args: argparse.Namespace) -> tuple[config_module.ShipConfig, Any]:
     from orchestrator.store import Store
-    from shiptypes import ScaledClock, WallClock
+    from shiptypes import ScaledClock, WallClock, utcnow
 
     loaded = config_module.load(args.config)
-    clock = ScaledClock(args.speed) if args.speed != 1.0 else WallClock()
-    return loaded, Store(clock=clock)
+    store = Store()
+    if args.speed != 1.0:
+        # Scaled pipeline time carries on from where the last run left it, so times
+        # recorded by earlier runs are never in this run's future.
+        latest = store.latest_event_at()
+        store.clock = ScaledClock(args.speed, max(filter(None, [utcnow(), latest])))
+    else:
+        store.clock = WallClock()
+    return loaded, store
 
 
 def _pipeline(loaded: config_module.ShipConfig, name: str) -> str:

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from gates import GATES
 from heartbeat import SOURCES
 from heartbeat.detector import MetricRule
+from orchestrator.notify.pagerduty import PagerDutyConfig
 from orchestrator.slugs import BUILDERS
 from rollout import DRIVERS
 from shiptypes import ProviderConfig, RolloutSettings, Seconds
@@ -94,9 +95,43 @@ def _link_template(template: str) -> str:
 LinkTemplate = Annotated[str, AfterValidator(_link_template)]
 
 
+class Delivery(ProviderConfig):
+    """How hard a notifier tries: retries on 429 (after Retry-After) and 5xx, with backoff,
+    within a total budget. Sending happens off the release's path, so a slow vendor only
+    delays its own messages."""
+
+    attempts: int = Field(5, ge=1, description="tries per message, the first included")
+    backoff: float = Field(1.0, gt=0, description="real seconds before the first retry; doubles")
+    max_wait: float = Field(30.0, gt=0, description="the longest wait between tries")
+    give_up_after: float = Field(120.0, gt=0, description="real seconds, all tries included")
+    request_timeout: float = Field(10.0, gt=0)
+
+
+class SlackNotify(Delivery):
+    channel: str = Field(min_length=1, description="channel (name or id) for release messages")
+    users: dict[str, str] = Field(default_factory=dict,
+                                  description="GitHub login → Slack user id, for mentions")
+    allow: list[str] = Field(default_factory=list,
+                             description="Slack user ids who may press Roll back, Lock, Unlock")
+    token_env: str = Field("SLACK_BOT_TOKEN", description="environment variable with the token")
+    api_url: str = "https://slack.com/api/"
+
+
+class GitHubDeployments(Delivery):
+    repo: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                             description="owner/name (default: the pipeline's repo)")
+    api_url: str = Field("https://api.github.com", description="GitHub Enterprise: .../api/v3")
+    token_env: str = Field("GITHUB_TOKEN", description="environment variable with the token")
+    environment: LinkTemplate = "production-{region}"
+    log_url: LinkTemplate | None = Field(None, description="default: the first notify link")
+    environment_url: LinkTemplate | None = None
+
+
 class Notify(ProviderConfig):
     console: bool = True
-    slack_channel: str | None = None
+    slack: SlackNotify | None = None
+    pagerduty: PagerDutyConfig | None = None
+    github: GitHubDeployments | None = Field(None, description="GitHub deployment statuses")
     links: dict[str, LinkTemplate] = Field(default_factory=dict,
                                            description="title → URL template")
 
@@ -127,9 +162,43 @@ class Pipeline(ProviderConfig):
                 "number": str(number), "sha": sha, "short_sha": sha[:7], "slug": slug}
 
 
+# --- the web UI (`ship serve`): who may act from the browser ---------------------------------
+
+
+class Ui(ProviderConfig):
+    """Who may roll back, lock and unlock from the web UI. Pages are readable by anyone who
+    reaches the server; actions need an authenticated operator. With `auth: none` (the
+    default) every action is refused."""
+
+    auth: Literal["none", "token", "header"] = Field(
+        "none", description="token: log in with the token in `token_env`; header: a trusted "
+        "reverse proxy names the user in `user_header`")
+    token_env: str = Field("SHIP_UI_TOKEN", min_length=1,
+                           description="environment variable holding the operator token")
+    user_header: str = Field("X-Forwarded-User", min_length=1)
+    trusted_proxies: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="addresses whose user header is believed (header auth)")
+    operators: list[str] = Field(
+        default_factory=list, description="who may act; [] with token auth: anyone with the "
+        "token; '*' with header auth: anyone the proxy names")
+    secret_env: str = Field("SHIP_UI_SECRET", min_length=1,
+                            description="environment variable with the cookie signing key "
+                            "(unset: a new key per process, so sessions end on restart)")
+    session_hours: float = Field(12.0, gt=0, description="how long a login lasts")
+
+    @model_validator(mode="after")
+    def _header_needs_operators(self) -> Ui:
+        if self.auth == "header" and not self.operators:
+            raise ValueError("auth: header needs `operators` (a list of users, or ['*'] for "
+                             "anyone the proxy names)")
+        return self
+
+
 class ShipConfig(ProviderConfig):
     version: Literal[1] = 1
     pipelines: dict[str, Pipeline] = Field(min_length=1)
+    ui: Ui = Ui()
 
     @model_validator(mode="before")
     @classmethod
@@ -262,11 +331,19 @@ def _locate(root: yaml.Node | None, loc: tuple, kind: str) -> tuple[yaml.Node | 
 
 
 def _child(node: yaml.Node | None, item: str | int) -> tuple[yaml.Node | None, yaml.Node | None]:
-    """(key node, value node) of a mapping field, or (None, item node) of a sequence."""
+    """(key node, value node) of a mapping field, or (None, item node) of a sequence.
+    Fields merged in with `<<: *anchor` are found where the anchor defines them."""
     if isinstance(node, yaml.MappingNode):
+        merged: list[yaml.Node] = []
         for key, value in node.value:
-            if key.value == str(item):
+            if key.value == str(item) and key.tag != "tag:yaml.org,2002:merge":
                 return key, value
+            if key.tag == "tag:yaml.org,2002:merge":
+                merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+        for source in merged:
+            found = _child(source, item)
+            if found[1] is not None:
+                return found
     if isinstance(node, yaml.SequenceNode) and isinstance(item, int) and item < len(node.value):
         return None, node.value[item]
     return None, None

@@ -30,6 +30,26 @@ class DeployOutcome:
 class Runner:
     def __init__(self, ship: Ship) -> None:
         self.ship = ship
+        self._trains: dict[str, asyncio.Task] = {}
+        self._dirty: set[str] = set()
+
+    def kick(self, pipeline: str, actor: str = "ship") -> asyncio.Task:
+        """Make sure what is queued on `pipeline` ships: start its train loop if it is idle,
+        or tell the running loop to look again. Call from the event loop's thread."""
+        self._dirty.add(pipeline)
+        train = self._trains.get(pipeline)
+        if train is None or train.done():
+            train = asyncio.create_task(self._train(pipeline, actor))
+            self._trains[pipeline] = train
+        return train
+
+    async def _train(self, pipeline: str, actor: str) -> None:
+        """Ship release after release while merges keep arriving. The loop ends only when
+        a pass found nothing to do and nothing was kicked meanwhile."""
+        while pipeline in self._dirty:
+            self._dirty.discard(pipeline)
+            while (await self.ship_next(pipeline, actor, watch=False)).started:
+                pass
 
     async def deploy(self, pipeline: str, commits: Iterable[Commit], actor: str,
                      watch: bool = True) -> DeployOutcome:

@@ -134,6 +134,16 @@ class LiveEntry:
     via: str
 
 
+@dataclass(frozen=True)
+class NoticeRef:
+    """Where a notifier sent a release's notices (a Slack message, a GitHub deployment)."""
+
+    release_id: int
+    notifier: str
+    ref: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
 class StoreError(Exception):
     pass
 
@@ -564,6 +574,11 @@ class Store:
         return [Event(r.id, r.at, r.pipeline, r.release_id, r.kind, r.actor, r.message,
                       r.data or {}) for r in reversed(rows)]
 
+    def latest_event_at(self) -> datetime | None:
+        """The newest moment the store knows of (pipeline time never runs backwards)."""
+        with self._tx() as conn:
+            return conn.execute(sa.select(sa.func.max(t.events.c.at))).scalar()
+
     def halts_in_a_row(self, pipeline: str, kinds: tuple[str, ...] = ("gate", "rollout")) -> int:
         """How many of the newest finished release attempts were halted by a gate or a
         failed rollout (a lock is a person's decision, not a stall)."""
@@ -575,6 +590,40 @@ class Store:
                 break
             count += 1
         return count
+
+
+    # --- ship serve: webhook deliveries and notice references ---------------------------
+    # Added with `ship serve`: GitHub intake dedupes deliveries; the Slack and GitHub
+    # notifiers keep, per release, the message or deployment they update.
+
+    def delivery_seen(self, pipeline: str, delivery_id: str) -> bool:
+        """Whether a webhook delivery already queued merges on this pipeline."""
+        with self._tx() as conn:
+            return conn.execute(sa.select(t.merges.c.id).where(
+                t.merges.c.pipeline == pipeline, t.merges.c.delivery_id == delivery_id)
+                .limit(1)).first() is not None
+
+    def notice_ref(self, release_id: int, notifier: str) -> NoticeRef | None:
+        with self._tx() as conn:
+            return _notice_ref(conn, release_id, notifier)
+
+    def keep_notice_ref(self, release_id: int, notifier: str, ref: str,
+                        data: dict[str, Any]) -> NoticeRef:
+        """Remember where a release's notices go. The first kept wins: the one returned."""
+        try:
+            with self._tx() as conn:
+                kept = _notice_ref(conn, release_id, notifier)
+                if kept is not None:
+                    return kept
+                conn.execute(t.notice_refs.insert().values(
+                    release_id=release_id, notifier=notifier, ref=ref, data=data,
+                    created_at=self.now()))
+                return NoticeRef(release_id, notifier, ref, data)
+        except sa.exc.IntegrityError:  # another process kept one between our read and write
+            kept = self.notice_ref(release_id, notifier)
+            if kept is None:
+                raise
+            return kept
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -671,3 +720,9 @@ def _live_history(conn: Connection, pipeline: str) -> list[LiveEntry]:
         .where(t.live_history.c.pipeline == pipeline)
         .order_by(t.live_history.c.since, t.live_history.c.id)).all()
     return [LiveEntry(r.release_id, r.number, State(r.state), r.since, r.via) for r in rows]
+
+
+def _notice_ref(conn: Connection, release_id: int, notifier: str) -> NoticeRef | None:
+    row = conn.execute(sa.select(t.notice_refs).where(
+        t.notice_refs.c.release_id == release_id, t.notice_refs.c.notifier == notifier)).first()
+    return NoticeRef(row.release_id, row.notifier, row.ref, row.data or {}) if row else None

@@ -73,7 +73,6 @@ class SimFleet:
         self._current: _Rollout | None = None
 
     def publish(self, release: ReleaseRef) -> None:
-        published_at = self._clock.now()  # promotion, before the draw takes real time
         cfg = self.config
         kept = release.number in self._kept
         failing = release.number in cfg.fail_releases
@@ -94,7 +93,7 @@ class SimFleet:
         for times in (starts, converges, failures):
             times.sort()
         self._current = _Rollout(
-            release.number, published_at, cfg.hosts, starts, converges, failures,
+            release.number, self._clock.now(), cfg.hosts, starts, converges, failures,
             first_request=min(firsts, default=None),
             last=max(converges[-1:] + failures[-1:], default=0.0),
             half=quantile(converges, 0.5, cfg.hosts),

@@ -1,0 +1,118 @@
+"""The `ship` command line, run as a real subprocess: exit codes, messages without
+tracebacks, JSON output, and releases driven through Prefect."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+
+def ship(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    return {**os.environ, "SHIP_DATABASE_URL": f"sqlite:///{tmp_path}/ship.db",
+            "SHIP_USER": "tester", "PYTHONPATH": str(ROOT), "COLUMNS": "200"}
+
+
+def test_help_lists_the_commands_and_exit_codes(env: dict[str, str], tmp_path: Path) -> None:
+    result = ship("--help", env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    for word in ("demo", "deploy", "status", "releases", "rollback", "lock", "unlock",
+                 "validate", "schema", "exit codes", "refused", "bad input"):
+        assert word in result.stdout
+
+
+def test_validate_accepts_the_root_file(env: dict[str, str]) -> None:
+    result = ship("validate", env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "3 pipeline(s)" in result.stdout
+
+
+def test_validate_reports_every_problem_with_line_and_no_traceback(
+        env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    text = (ROOT / "pipelines.yaml").read_text()
+    text = text.replace("stagger: 2m", "stagerr: 2m").replace("hosts: 400", "hosts: lots")
+    bad.write_text(text)
+    result = ship("validate", str(bad), env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "stagerr" in x)
+    assert f"bad.yaml:{line}:" in result.stderr
+    assert "rollout.stagerr" in result.stderr and "fleet.hosts" in result.stderr
+    assert "4 problem(s)" in result.stderr  # the shared anchor is wrong for all three
+
+
+def test_schema_is_json(env: dict[str, str], tmp_path: Path) -> None:
+    result = ship("schema", env=env, cwd=tmp_path)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["title"] == "ship pipelines.yaml"
+
+
+def test_an_unknown_pipeline_is_bad_input(env: dict[str, str], sim_config_file: Path) -> None:
+    result = ship("-c", str(sim_config_file), "status", "mars", env=env,
+                  cwd=sim_config_file.parent)
+    assert result.returncode == 2
+    assert "unknown pipeline 'mars'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_lock_twice_is_refused_and_unlock_needs_a_reason(env: dict[str, str],
+                                                          sim_config_file: Path) -> None:
+    cfg = ["-c", str(sim_config_file)]
+    cwd = sim_config_file.parent
+    assert ship(*cfg, "lock", "us", "--reason", "incident 7", env=env, cwd=cwd).returncode == 0
+    again = ship(*cfg, "lock", "us", "--reason", "me too", "--as", "bob", env=env, cwd=cwd)
+    assert again.returncode == 1 and "tester" in again.stderr and "incident 7" in again.stderr
+    assert ship(*cfg, "unlock", "us", env=env, cwd=cwd).returncode == 2  # --reason required
+    status = json.loads(ship(*cfg, "status", "us", "--json", env=env, cwd=cwd).stdout)
+    assert status["locked"] and status["lock"]["owner"] == "tester"
+    assert ship(*cfg, "unlock", "us", "--reason", "over", env=env, cwd=cwd).returncode == 0
+    assert ship(*cfg, "unlock", "us", "--reason", "twice", env=env, cwd=cwd).returncode == 1
+    events = json.loads(ship(*cfg, "events", "us", "--json", env=env, cwd=cwd).stdout)
+    assert [e["kind"] for e in events] == ["lock", "unlock"]
+
+
+def test_deploy_releases_rollback_and_refusal_while_locked(
+        env: dict[str, str], sim_config_file: Path, prefect_api: str) -> None:
+    env = {**env, "PREFECT_API_URL": prefect_api}
+    cfg = ["-c", str(sim_config_file), "--speed", "60"]
+    cwd = sim_config_file.parent
+    for n in (1, 2):
+        result = ship(*cfg, "deploy", "us", "--sha", f"{n:040x}", "--message", f"change {n}",
+                      env=env, cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        assert f"us#{n}: done" in result.stdout
+    releases = json.loads(ship(*cfg, "releases", "us", "--json", env=env, cwd=cwd).stdout)
+    assert [(r["number"], r["state"]) for r in releases] == [(2, "done"), (1, "done")]
+    assert {g["gate"] for g in releases[0]["gates"]} == {"boot", "smoke", "ci"}
+    assert releases[0]["commits"][0]["author"] == "tester"
+
+    missing = ship(*cfg, "rollback", "us", "--to", "9", env=env, cwd=cwd)
+    assert missing.returncode == 2 and "no release #9" in missing.stderr
+    back = ship(*cfg, "rollback", "us", "--to", "1", "--reason", "bad copy", env=env, cwd=cwd)
+    assert back.returncode == 0, back.stderr
+    status = json.loads(ship(*cfg, "status", "us", "--json", env=env, cwd=cwd).stdout)
+    assert status["live"] == 1 and status["lock"]["owner"] == "tester"
+
+    refused = ship(*cfg, "deploy", "us", "--sha", f"{3:040x}", env=env, cwd=cwd)
+    assert refused.returncode == 1
+    assert "locked by hand by tester" in refused.stderr and "bad copy" in refused.stderr
+    dora = json.loads(ship(*cfg, "dora", "us", "--json", env=env, cwd=cwd).stdout)
+    assert dora[0]["shipped"] == 2 and dora[0]["rolled_back"] == 1
+
+
+def test_a_bad_sha_is_bad_input(env: dict[str, str], sim_config_file: Path) -> None:
+    result = ship("-c", str(sim_config_file), "deploy", "us", "--sha", "not-a-sha", env=env,
+                  cwd=sim_config_file.parent)
+    assert result.returncode == 2 and "not a commit id" in result.stderr
