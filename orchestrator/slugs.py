@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 from pydantic import Field
 
+from orchestrator.tarball import TarballBuildConfig, TarballBuilder
 from shiptypes import ProviderConfig, ProviderContext, ReleaseRef, Seconds, Slug
 
 
@@ -44,6 +45,9 @@ class SimBuilder:
         return Slug(id=f"sha256-{digest[:16]}", uri=f"sim://slugs/{digest}", size=len(content))
 
 
+# To add a builder, write its module (config model with a `type` literal, a class taking
+# `(config, context)`) and add one line here.
 BUILDERS: dict[type, type] = {
     SimBuildConfig: SimBuilder,
+    TarballBuildConfig: TarballBuilder,
 }
