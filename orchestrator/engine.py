@@ -21,6 +21,11 @@ DEFAULTS = {
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "PREFECT_LOGGING_TO_API_ENABLED": "false",
     "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "false",
+    # The local API's task-run recorder writes one event per transaction by default: after a
+    # release's half-dozen task runs, the next flow run then waited ~2 s for SQLite. Batching
+    # brings that back to ~0.2 s (bench/release_overhead.py).
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "100",
+    "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "100",
 }
 
 for _name, _value in DEFAULTS.items():
