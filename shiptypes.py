@@ -9,6 +9,7 @@ Everything here is small and dependency-free apart from pydantic, so that `gates
 from __future__ import annotations
 
 import asyncio
+import string
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -99,6 +100,19 @@ def parse_seconds(value: object) -> float:
 
 
 Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+
+
+def check_placeholders(template: str, known: frozenset[str]) -> str:
+    """For config validators: `template` may use only the `known` {placeholders}, so a
+    misspelt one is an error at load time rather than a broken command or link later."""
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as error:
+        raise ValueError(f"{template!r} is not a template: {error}") from None
+    unknown = fields - known
+    if unknown:
+        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; known: {sorted(known)}")
+    return template
 
 
 # --- releases and slugs -------------------------------------------------------------------

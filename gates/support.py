@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import signal
-import string
 import subprocess
 import tempfile
 import time
@@ -30,6 +29,7 @@ from shiptypes import (
     ProviderConfig,
     ProviderContext,
     ReleaseRef,
+    check_placeholders,
 )
 
 # --- failing closed ---------------------------------------------------------------------
@@ -190,14 +190,7 @@ PLACEHOLDERS = frozenset({"pipeline", "number", "release", "release_id", "sha", 
 
 def check_template(template: str) -> str:
     """For config validators: a template may use only the known placeholders."""
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as error:
-        raise ValueError(f"{template!r}: {error}") from None
-    unknown = fields - PLACEHOLDERS
-    if unknown:
-        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; known: {sorted(PLACEHOLDERS)}")
-    return template
+    return check_placeholders(template, PLACEHOLDERS)
 
 
 def release_fields(release: ReleaseRef, target: PreprodTarget) -> dict[str, str]:

@@ -8,7 +8,6 @@ reported all at once, each with the file, the line and the field path.
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from heartbeat.detector import MetricRule
 from orchestrator.notify.pagerduty import PagerDutyConfig
 from orchestrator.slugs import BUILDERS
 from rollout import DRIVERS
-from shiptypes import ProviderConfig, RolloutSettings, Seconds
+from shiptypes import ProviderConfig, RolloutSettings, Seconds, check_placeholders
 
 DEFAULT_FILE = Path("pipelines.yaml")
 LINK_FIELDS = frozenset({"pipeline", "region", "release", "number", "sha", "short_sha", "slug"})
@@ -82,14 +81,7 @@ class Train(ProviderConfig):
 
 
 def _link_template(template: str) -> str:
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-    except ValueError as error:
-        raise ValueError(f"not a link template: {error}") from None
-    unknown = fields - LINK_FIELDS
-    if unknown:
-        raise ValueError(f"unknown placeholder(s) {sorted(unknown)}; known: {sorted(LINK_FIELDS)}")
-    return template
+    return check_placeholders(template, LINK_FIELDS)
 
 
 LinkTemplate = Annotated[str, AfterValidator(_link_template)]

@@ -23,7 +23,6 @@ import logging
 import os
 import random
 import shlex
-import string
 import subprocess
 import sys
 import time
@@ -53,6 +52,7 @@ from shiptypes import (
     RolloutSettings,
     Seconds,
     Slug,
+    check_placeholders,
 )
 
 log = logging.getLogger("ship.rollout.aws")
@@ -113,15 +113,7 @@ class AwsFleetConfig(ProviderConfig):
     @field_validator("command")
     @classmethod
     def _known_placeholders(cls, command: str) -> str:
-        try:
-            names = {f for _, f, _, _ in string.Formatter().parse(command) if f is not None}
-        except ValueError as error:
-            raise ValueError(f"command: {error}") from None
-        unknown = names - COMMAND_FIELDS
-        if unknown:
-            raise ValueError(f"command uses unknown placeholder(s) {sorted(unknown)}; "
-                             f"known: {sorted(COMMAND_FIELDS)}")
-        return command
+        return check_placeholders(command, COMMAND_FIELDS)
 
 
 # --- one rollout -------------------------------------------------------------------------
