@@ -17,6 +17,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check .
+	sh tests/web/ensure_browser.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

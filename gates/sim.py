@@ -21,6 +21,8 @@ class SimGateConfig(ProviderConfig):
     type: Literal["sim"]
     name: str = "sim"
     duration: Seconds = 0.0
+    jitter: float = Field(0.0, ge=0, le=1, description="relative spread of the duration, "
+                          "drawn once per release")
     fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
     fail_share: float = Field(0.0, ge=0, le=1, description="share of releases that fail at random")
     error_releases: list[int] = Field(default_factory=list,
@@ -35,7 +37,8 @@ class SimGate:
 
     def run(self, release: ReleaseRef, target: PreprodTarget) -> GateResult:
         began = self._clock.now()
-        self._clock.sleep(self.config.duration)
+        self._clock.sleep(spread(self.config.duration, self.config.jitter,
+                                 f"{release.pipeline}/{release.number}/{self.name}/duration"))
         took = (self._clock.now() - began).total_seconds()
         if release.number in self.config.error_releases:
             return GateResult(self.name, False, "simulated error: the check could not run",
@@ -45,3 +48,11 @@ class SimGate:
             return GateResult(self.name, False, f"simulated failure against {target.name}",
                               duration_s=took)
         return GateResult(self.name, True, f"passed against {target.name}", duration_s=took)
+
+
+def spread(seconds: float, jitter: float, seed: str) -> float:
+    """`seconds` spread evenly by ±jitter, the same for the same seed (a release keeps its
+    duration if it is run again)."""
+    if not jitter:
+        return seconds
+    return seconds * (1 - jitter + 2 * jitter * random.Random(seed).random())

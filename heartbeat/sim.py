@@ -19,6 +19,8 @@ class SimSourceConfig(ProviderConfig):
     noise: float = Field(0.03, ge=0, le=0.5, description="relative noise per window")
     daily_swing: float = Field(0.1, ge=0, lt=1, description="relative daily amplitude")
     breach_releases: list[int] = Field(default_factory=list, description="releases that break it")
+    breach_share: float = Field(0.0, ge=0, le=1, description="share of releases that break "
+                                "it, at random by release number (seeded by pipeline)")
     breach_ratio: float = Field(0.4, ge=0, description="the rate while a breaking release serves")
     down: bool = Field(False, description="the source answers nothing: no data")
 
@@ -27,6 +29,8 @@ class SimSource:
     def __init__(self, config: SimSourceConfig, context: ProviderContext) -> None:
         self.config = config
         self._serving_at = context.serving_at
+        self._pipeline = context.pipeline
+        self._breaks: dict[int | None, bool] = {}
 
     def fetch(self, query: str, start: datetime, end: datetime, step_s: float) -> Series:
         if self.config.down:
@@ -43,5 +47,13 @@ class SimSource:
         day = (at.hour * 3600 + at.minute * 60 + at.second) / 86400
         level = cfg.rate_per_min * (1 + cfg.daily_swing * math.sin(2 * math.pi * (day - 0.25)))
         noise = random.Random(f"{query}@{int(at.timestamp())}").gauss(0, cfg.noise)
-        broken = self._serving_at(at) in cfg.breach_releases
+        broken = self.breaks(self._serving_at(at))
         return max(0.0, level * (1 + noise) * (cfg.breach_ratio if broken else 1.0))
+
+    def breaks(self, number: int | None) -> bool:
+        """Whether release `number` breaks the heartbeat while it serves."""
+        if number not in self._breaks:
+            unlucky = random.Random(f"{self._pipeline}/{number}/breach").random()
+            self._breaks[number] = number is not None and (
+                number in self.config.breach_releases or unlucky < self.config.breach_share)
+        return self._breaks[number]

@@ -35,12 +35,12 @@ def look(source: MetricSource, rules: Sequence[MetricRule], since: datetime, now
 
 def _look_at(source: MetricSource, rule: MetricRule, since: datetime, now: datetime,
              step_s: float) -> Decision:
-    observed = _fetch(source, rule.query, since, now, step_s)
+    observed = fetch_or_no_data(source, rule.query, since, now, step_s)
     if rule.baseline.kind == "trailing":
         window = timedelta(seconds=rule.baseline.window)
-        history = [_fetch(source, rule.query, since - window, since, step_s)]
+        history = [fetch_or_no_data(source, rule.query, since - window, since, step_s)]
     else:
-        history = [_fetch(source, rule.query, since - shift, now - shift, step_s)
+        history = [fetch_or_no_data(source, rule.query, since - shift, now - shift, step_s)
                    for shift in history_shifts(rule.baseline)]
     decision = detect(rule, observed, baseline_values(observed, history, rule.baseline, step_s))
     failed = [series.error for series in history if series.error]
@@ -49,7 +49,7 @@ def _look_at(source: MetricSource, rule: MetricRule, since: datetime, now: datet
     return decision
 
 
-def _fetch(source: MetricSource, query: str, start: datetime, end: datetime,
+def fetch_or_no_data(source: MetricSource, query: str, start: datetime, end: datetime,
            step_s: float) -> Series:
     """A source that raises is a source with no data: never healthy."""
     try:

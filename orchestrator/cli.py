@@ -33,6 +33,7 @@ environment:
   SHIP_DATABASE_URL  store URL (default sqlite:///.ship/ship.db; postgresql+psycopg://… works)
   SHIP_CONFIG        pipelines file (default pipelines.yaml)
   SHIP_USER          who you are in events and locks (default: your login)
+  GITHUB_WEBHOOK_SECRET, SLACK_SIGNING_SECRET, SLACK_BOT_TOKEN   for `ship serve`
 """
 
 out = Console()
@@ -144,6 +145,11 @@ def _parser() -> argparse.ArgumentParser:
     unlock.add_argument("pipeline")
     unlock.add_argument("--reason", required=True)
 
+    resume = command("resume", _resume, "promote again although the heartbeat has no data "
+                     "(lifts the hold; a reason is required)")
+    resume.add_argument("pipeline")
+    resume.add_argument("--reason", required=True)
+
     dora = command("dora", _dora, "DORA metrics over 1, 7 and 30 days")
     dora.add_argument("pipeline", nargs="?")
     dora.add_argument("--json", action="store_true")
@@ -152,8 +158,25 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("file", nargs="?", type=Path)
 
     command("schema", _schema, "print the JSON Schema of pipelines.yaml (for editors)")
+
+    settling = command("reconcile", _reconcile, "settle the releases a stopped ship process "
+                       "left (resume or stop each), page overdue stages, check the store")
+    settling.add_argument("--take-over", action="store_true",
+                          help="also claim releases driven from other machines (when gone)")
+    settling.add_argument("--no-watch", action="store_true",
+                          help="leave heartbeat watches to the next process, not resume them")
+    settling.add_argument("--json", action="store_true")
+
+    serve = command("serve", _serve, "serve GitHub webhooks, Slack buttons and /healthz over "
+                    "HTTP, and run the pipelines' releases")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
+    serve.add_argument("--prefect-deployments", action="store_true",
+                       help="also serve the flows as Prefect deployments (needs PREFECT_API_URL)")
+    serve.add_argument("--drain-timeout", type=float, default=300.0, metavar="SECONDS",
+                       help="on SIGTERM, how long releases in flight may take to finish")
     commands.add_parser("agent", help="run a host agent (see `ship agent --help`)")
-    for sub in (deploy, status, releases, events, rollback, lock, unlock, dora):
+    for sub in (deploy, status, releases, events, rollback, lock, unlock, resume, dora):
         sub.add_argument("--as", dest="actor", default=None, help="who you are (default: login)")
     return parser
 
@@ -176,6 +199,7 @@ def _schema(_args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from orchestrator import report
+    from orchestrator.reconcile import attention
 
     loaded, store = _open(args)
     names = [_pipeline(loaded, args.pipeline)] if args.pipeline else list(loaded.pipelines)
@@ -185,7 +209,8 @@ def _status(args: argparse.Namespace) -> int:
         for state in states:
             last = store.releases(state.name, limit=1)
             rows.append(report.pipeline_dict(state) | {
-                "last_release": report.release_dict(store, last[0]) if last else None})
+                "last_release": report.release_dict(store, last[0]) if last else None,
+                "attention": attention(store, state.name)})
         print(json.dumps(rows if not args.pipeline else rows[0], indent=2))
         return OK
     out.print(report.pipelines_table(states))
@@ -193,6 +218,9 @@ def _status(args: argparse.Namespace) -> int:
         last = store.releases(state.name, limit=3)
         if last:
             out.print(report.releases_table(store, last, title=f"{state.name}: latest releases"))
+        for fault in attention(store, state.name):
+            out.print(f"[yellow]![/] {state.name} {fault['kind']}: {fault['message']}",
+                      highlight=False, markup=True)
     return OK
 
 
@@ -250,6 +278,16 @@ def _unlock(args: argparse.Namespace) -> int:
     return OK
 
 
+def _resume(args: argparse.Namespace) -> int:
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+    held = store.override_hold(name, _actor(args), args.reason)
+    if held is None:
+        raise Refused(f"{name} is not held")
+    out.print(f"▶ {name}: promotions resume (the hold was: {held})")
+    return OK
+
+
 def _dora(args: argparse.Namespace) -> int:
     from orchestrator import dora, report
 
@@ -300,6 +338,45 @@ def _rollback(args: argparse.Namespace) -> int:
     return OK
 
 
+def _reconcile(args: argparse.Namespace) -> int:
+    from orchestrator.reconcile import audit, reconcile
+
+    loaded, store = _open(args)
+    outcomes = _run(store, loaded, lambda runner: reconcile(
+        runner.ship, take_over=args.take_over, watch=not args.no_watch),
+        settle=not args.no_watch, reconcile_first=False)
+    problems = {name: audit(store, name) for name in loaded.pipelines}
+    if args.json:
+        print(json.dumps({"reconciled": [o.as_dict() for o in outcomes],
+                          "problems": problems}, indent=2))
+    else:
+        for o in outcomes:
+            out.print(f"{o.pipeline} {o.release or '-'} ({o.was}) → {o.action}: {o.detail}",
+                      highlight=False)
+        if not outcomes:
+            out.print("nothing to reconcile: no release was left by a stopped process")
+        for name, found in problems.items():
+            for problem in found:
+                err.print(f"[red]✘[/] {name}: {problem}", highlight=False, markup=True)
+    return REFUSED if any(problems.values()) else OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from orchestrator.runtime import Ship
+    from orchestrator.server import run
+
+    loaded, store = _open(args)
+    prefect = None
+    if args.prefect_deployments:
+        from orchestrator.deployments import NeedsPrefectAPI, PrefectServing
+
+        try:
+            prefect = PrefectServing(args.config, store.url)
+        except NeedsPrefectAPI as error:
+            raise BadInput(str(error)) from None
+    return run(Ship(loaded, store), args.host, args.port, args.drain_timeout, prefect)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
@@ -334,15 +411,22 @@ def _actor(args: argparse.Namespace) -> str:
 
 
 def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any],
-         settle: bool = True) -> Any:
-    """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set).
-    With `settle`, wait for the watches and fleet followers the work started."""
+         settle: bool = True, reconcile_first: bool = True) -> Any:
+    """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set),
+    after settling what a stopped ship process left (orchestrator.reconcile). With
+    `settle`, wait for the watches and fleet followers the work started."""
+    from orchestrator.reconcile import reconcile
     from orchestrator.runner import Runner
     from orchestrator.runtime import Ship, use
 
     runner = Runner(use(Ship(loaded, store)))
 
     async def go() -> Any:
+        if reconcile_first:
+            for o in await reconcile(runner.ship):
+                if o.action != "left":
+                    err.print(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: "
+                              f"{o.detail}", highlight=False)
         result = await work(runner)
         if settle:
             for name in runner.ship.running():

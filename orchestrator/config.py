@@ -80,6 +80,21 @@ class Train(ProviderConfig):
     max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
 
 
+class Deadlines(ProviderConfig):
+    """How long a release may stay in one stage before on-call is paged (Flagger's
+    progressDeadlineSeconds, per stage), so that a pipeline never stops silently. `watching`
+    counts from the end of the watch; `rollback` from the start of a rollback."""
+
+    queued: Seconds = Field(300.0, gt=0)
+    building: Seconds = Field(1800.0, gt=0)
+    preprod: Seconds = Field(1800.0, gt=0)
+    gating: Seconds = Field(3600.0, gt=0, description="gates, CI, and a held promotion's wait")
+    promoting: Seconds = Field(1800.0, gt=0)
+    live: Seconds = Field(300.0, gt=0, description="live, before its watch begins")
+    watching: Seconds = Field(600.0, gt=0, description="past the end of the watch")
+    rollback: Seconds = Field(900.0, gt=0)
+
+
 def _link_template(template: str) -> str:
     return check_placeholders(template, LINK_FIELDS)
 
@@ -142,6 +157,7 @@ class Pipeline(ProviderConfig):
     rollback: Rollback = Rollback()
     stall: Stall = Stall()
     train: Train = Train()
+    deadlines: Deadlines = Deadlines()
     notify: Notify = Notify()
 
     @model_validator(mode="after")

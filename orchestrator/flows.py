@@ -133,10 +133,13 @@ async def _begin_promotion(rt: PipelineRuntime, release_id: int) -> State | None
         await rt.clock.wait(rt.poll_s)
 
 
-def _remember_flow_run(rt: PipelineRuntime, release_id: int) -> None:
+def _remember_flow_run(rt: PipelineRuntime, release_id: int, flow: str = "release",
+                       rollback_id: int | None = None) -> None:
+    """Record that this process's flow run drives the release: a process started after a
+    crash tells orphans from releases still driven (orchestrator.reconcile)."""
     context = FlowRunContext.get()
-    if context and context.flow_run:
-        rt.store.set_flow_run(release_id, str(context.flow_run.id))
+    run_id = str(context.flow_run.id) if context and context.flow_run else None
+    rt.store.record_run(release_id, flow, run_id, rollback_id)
 
 
 @task(name="build slug", **TASK)
@@ -274,18 +277,33 @@ def _short(release: Release) -> str:
 
 
 @flow(name="watch", flow_run_name="{pipeline}-watch-{release_id}", **FLOW)
-async def watch_flow(pipeline: str, release_id: int) -> str:
+async def watch_flow(pipeline: str, release_id: int, resumed: bool = False) -> str:
     """Watch the heartbeat for the configured time after a ship. A breach rolls back and
-    locks; no data holds the next promotion until data returns."""
+    locks; no data holds the next promotion until data returns. A watch `resumed` after
+    its process was lost (orchestrator.reconcile) watches what is left of the watch time,
+    and at least one more window."""
     rt = runtime.current().pipeline(pipeline)
     hb = rt.config.heartbeat
-    release = rt.store.move(release_id, State.WATCHING)
+    _remember_flow_run(rt, release_id, "watch")
+    release = rt.store.release(release_id)
+    if release.state not in (State.LIVE, State.WATCHING):
+        return release.state.value  # rolled back before this watch began
+    if release.state == State.LIVE:
+        release = rt.store.move(release_id, State.WATCHING)
     since = release.entered(State.LIVE) or rt.clock.now()
     end = since + timedelta(seconds=hb.watch)
-    rules = [_localised(rt, rule) for rule in hb.metrics]
+    if resumed:
+        end = max(end, rt.clock.now() + timedelta(seconds=hb.window))
+    rules = [localised_rule(rt, rule) for rule in hb.metrics]
+    # The hold follows changes between data and no data, so a person's override (`ship
+    # resume`) stands until data returns and goes away again.
     blind: Decision | None = None
-    while (now := rt.clock.now()) < end:
-        await rt.clock.wait(min(hb.window, (end - now).total_seconds()))
+    first_look = True
+    # At least one look, even for a watch that starts after its time is up: a release is
+    # never called healthy unlooked.
+    while first_look or rt.clock.now() < end:
+        remaining = (end - rt.clock.now()).total_seconds()
+        await rt.clock.wait(max(0.0, min(hb.window, remaining)))
         release = rt.store.release(release_id)
         if release.state != State.WATCHING:
             return release.state.value  # rolled back meanwhile
@@ -293,8 +311,9 @@ async def watch_flow(pipeline: str, release_id: int) -> str:
                                           hb.window)
         if verdict.breach:
             return await _on_breach(rt, release, verdict.breach)
-        blind = verdict.no_data
-        _hold_while_blind(rt, release, blind)
+        if (verdict.no_data is None) != (blind is None) or first_look:
+            _hold_while_blind(rt, release, verdict.no_data)
+        blind, first_look = verdict.no_data, False
     if blind is not None:
         # Never call a release healthy without data: the hold stays until data returns
         # on a later watch or a person resumes the pipeline.
@@ -306,7 +325,7 @@ async def watch_flow(pipeline: str, release_id: int) -> str:
     return State.DONE.value
 
 
-def _localised(rt: PipelineRuntime, rule: MetricRule) -> MetricRule:
+def localised_rule(rt: PipelineRuntime, rule: MetricRule) -> MetricRule:
     query = rule.query.replace("{region}", rt.config.region).replace("{pipeline}", rt.name)
     return rule.model_copy(update={"query": query})
 
@@ -369,6 +388,7 @@ async def rollback_flow(pipeline: str, actor: str, reason: str, auto: bool = Fal
         rt.notify("refused", f"rollback by {actor} not started: {claim.reason}", live, actor=actor)
         winner = claim.rollback.id if claim.rollback else None
         return RollbackOutcome(False, claim.reason, rollback_id=winner)
+    _remember_flow_run(rt, live.id, "rollback", claim.rollback.id)
     lock_reason = reason if reason.startswith("auto-rollback") or not auto else f"auto: {reason}"
     rt.store.take_lock(pipeline, actor, lock_reason, auto=auto)
     rt.notify("rollback", f"rolling back {live.name} → {target.name} ({actor}): {reason}",
@@ -393,7 +413,8 @@ async def _move_fleet_back(rt: PipelineRuntime, rollback_id: int, live: Release,
     try:
         await asyncio.to_thread(rt.fleet.publish, target.ref())
         status = await _until_started(rt, target, rt.fleet)
-        rt.store.record_rollout(target.id, "rollback", published_at, status)
+        rollout_id = rt.store.record_rollout(target.id, "rollback", published_at, status)
+        _spawn(rt, _follow_convergence(rt, target, rollout_id))
         trouble = _rollout_trouble(rt, status)
     except Exception as error:
         trouble = f"{type(error).__name__}: {error}"

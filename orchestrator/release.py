@@ -51,6 +51,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 # States in which a release holds its pipeline: no other release may start.
 IN_FLIGHT = frozenset({State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING})
+# A release holds its pipeline from the moment it is queued (the train is claimed) until it
+# is live or has stopped.
+HOLDS_PIPELINE = IN_FLIGHT | {State.QUEUED}
 # States of a release that has reached the fleet and not been undone.
 SHIPPED = frozenset({State.LIVE, State.WATCHING, State.DONE})
 TERMINAL = frozenset(s for s, nexts in TRANSITIONS.items() if not nexts)

@@ -24,14 +24,20 @@ STATE_STYLE = {"done": "green", "live": "bold green", "watching": "green", "halt
                "rolled_back": "red", "failed": "red", "superseded": "dim"}
 
 
-def stage_seconds(release: Release) -> dict[str, float | None]:
-    """Pipeline seconds spent in each stage (None: not reached, or still in it)."""
-    durations: dict[str, float | None] = {}
+def stage_spans(release: Release) -> dict[str, tuple[datetime | None, datetime | None]]:
+    """When each stage began and ended, in pipeline time (None: not reached, or not over)."""
+    spans: dict[str, tuple[datetime | None, datetime | None]] = {}
     for stage, (start, ends) in STAGES.items():
         began = release.entered(start)
         ended = min((t for s in ends if (t := release.entered(s)) is not None), default=None)
-        durations[stage] = (ended - began).total_seconds() if began and ended else None
-    return durations
+        spans[stage] = (began, ended if began else None)
+    return spans
+
+
+def stage_seconds(release: Release) -> dict[str, float | None]:
+    """Pipeline seconds spent in each stage (None: not reached, or still in it)."""
+    return {stage: (ended - began).total_seconds() if began and ended else None
+            for stage, (began, ended) in stage_spans(release).items()}
 
 
 def release_dict(store: Store, release: Release) -> dict[str, Any]:

@@ -125,6 +125,15 @@ class Ship:
         """The pipelines this process has built a runtime for."""
         return list(self._pipelines)
 
+    def close_providers(self) -> None:
+        """Stop what providers started in this process: a local fleet's agents, a local
+        heartbeat source's sampler. Simulated and remote providers have nothing to stop."""
+        for runtime in self._pipelines.values():
+            for part in (runtime.fleet, runtime.preprod, runtime.source):
+                stop = getattr(part, "close", None) or getattr(part, "stop", None)
+                if callable(stop):
+                    stop()
+
     def _build(self, pipeline: Pipeline) -> PipelineRuntime:
         context = ProviderContext(pipeline=pipeline.name, region=pipeline.region,
                                   clock=self.clock, env=self.env,
@@ -134,8 +143,9 @@ class Ship:
         def make(registry: dict[type, type], cfg: object, *args: object) -> object:
             return registry[type(cfg)](cfg, *args, context)
 
-        notifiers = self._notifiers if self._notifiers is not None else self._configured(pipeline)
-        return PipelineRuntime(
+        notifiers = (self._notifiers if self._notifiers is not None
+                     else self._configured(pipeline, context))
+        runtime = PipelineRuntime(
             config=pipeline, store=self.store, clock=self.clock,
             builder=make(BUILDERS, pipeline.build),  # type: ignore[arg-type]
             ci=make(GATES, pipeline.ci) if pipeline.ci else None,  # type: ignore[arg-type]
@@ -148,9 +158,46 @@ class Ship:
             broadcast=Broadcast(notifiers, self.store),
             poll_s=min(5.0, pipeline.heartbeat.window),
         )
+        # A sampling source (e.g. `local`) needs history before the first release's watch
+        # asks for its baseline: start it with the pipeline.
+        start = getattr(runtime.source, "start", None)
+        if callable(start):
+            start()
+        return runtime
 
-    def _configured(self, pipeline: Pipeline) -> list[Notifier]:
-        return [ConsoleNotifier()] if pipeline.notify.console else []
+    def _configured(self, pipeline: Pipeline, context: ProviderContext) -> list[Notifier]:
+        """The notifiers pipelines.yaml asks for. Those that talk to a vendor send from a
+        background outbox, so a slow or failing vendor never holds up a release."""
+        notify = pipeline.notify
+        notifiers: list[Notifier] = [ConsoleNotifier()] if notify.console else []
+        if notify.slack is not None:
+            from orchestrator.notify.slack import SlackNotifier
+
+            notifiers.append(SlackNotifier(notify.slack, context, self.store))
+        if notify.pagerduty is not None:
+            from orchestrator.notify.outbox import Once, Outbox, Queued
+            from orchestrator.notify.pagerduty import PagerDutyNotifier
+
+            pager = PagerDutyNotifier(notify.pagerduty, context)
+            notifiers.append(Queued(pager, Outbox(pager.name, self.store, Once())))
+        if notify.github is not None:
+            from orchestrator.notify.github import GitHubDeploymentNotifier
+
+            notifiers.append(GitHubDeploymentNotifier(notify.github, pipeline, context,
+                                                      self.store))
+        return notifiers
+
+    def close_notifiers(self, timeout: float = 10.0) -> bool:
+        """Send what the notifiers still hold, within `timeout` in all. False if some was
+        left unsent."""
+        deadline = time.monotonic() + timeout
+        sent = True
+        for runtime in self._pipelines.values():
+            for notifier in runtime.broadcast.notifiers:
+                close = getattr(notifier, "close", None)
+                if close is not None:
+                    sent = close(max(0.1, deadline - time.monotonic())) and sent
+        return sent
 
     def serving_at(self, pipeline: str, when: datetime) -> int | None:
         """The release number the fleet served at `when`, from the live history (cached

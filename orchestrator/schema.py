@@ -71,7 +71,7 @@ merges = sa.Table(
     sa.Column("author", sa.String(200), nullable=False, server_default=""),
     sa.Column("message", sa.Text, nullable=False, server_default=""),
     sa.Column("merged_at", UtcDateTime, nullable=False),
-    sa.Column("delivery_id", sa.String(100)),
+    sa.Column("delivery_id", sa.String(100), index=True),  # index since migration 0002
     sa.Column("release_id", sa.Integer, index=True),
     sa.UniqueConstraint("pipeline", "sha", name="uq_merge_commit"),
 )
@@ -156,4 +156,17 @@ live_history = sa.Table(
     sa.Column("release_id", sa.Integer, nullable=False),
     sa.Column("since", UtcDateTime, nullable=False),
     sa.Column("via", sa.String(16), nullable=False),  # promote | rollback
+)
+
+# What a notifier keeps per release to come back to it: the Slack message (ts and channel)
+# that is updated in place, the GitHub deployment that gets statuses.
+notice_refs = sa.Table(
+    "notice_refs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("release_id", sa.Integer, nullable=False),
+    sa.Column("notifier", sa.String(32), nullable=False),
+    sa.Column("ref", sa.String(200), nullable=False),
+    sa.Column("data", sa.JSON, nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.UniqueConstraint("release_id", "notifier", name="uq_notice_ref"),
 )

@@ -11,6 +11,7 @@ from typing import Literal, Protocol
 
 from pydantic import Field
 
+from gates.sim import spread
 from orchestrator.tarball import TarballBuildConfig, TarballBuilder
 from shiptypes import ProviderConfig, ProviderContext, ReleaseRef, Seconds, Slug
 
@@ -26,6 +27,8 @@ class Builder(Protocol):
 class SimBuildConfig(ProviderConfig):
     type: Literal["sim"]
     duration: Seconds = 0.0
+    jitter: float = Field(0.0, ge=0, le=1, description="relative spread of the duration, "
+                          "drawn once per release")
     fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
 
 
@@ -37,7 +40,8 @@ class SimBuilder:
         self._clock = context.clock
 
     def build(self, release: ReleaseRef) -> Slug:
-        self._clock.sleep(self.config.duration)
+        self._clock.sleep(spread(self.config.duration, self.config.jitter,
+                                 f"{release.pipeline}/{release.number}/build"))
         if release.number in self.config.fail_releases:
             raise BuildFailed(f"simulated build failure of {release.name}")
         content = "\n".join(c.sha for c in release.commits).encode()

@@ -10,6 +10,7 @@ wins, across threads and processes alike.
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator import schema as t
-from orchestrator.release import IN_FLIGHT, State, check_transition
+from orchestrator.release import HOLDS_PIPELINE, IN_FLIGHT, SHIPPED, State, check_transition
 from shiptypes import Clock, Commit, FleetStatus, GateResult, Link, ReleaseRef, Slug, WallClock
 
 DEFAULT_URL = "sqlite:///.ship/ship.db"
@@ -216,6 +217,19 @@ class Store:
                 pending_merges=pending,
             )
 
+    def override_hold(self, pipeline: str, actor: str, reason: str) -> str | None:
+        """A person lets promotions go on without heartbeat data. Returns the hold that was
+        lifted, or None if there was none."""
+        with self._tx() as conn:
+            held = _ensure_pipeline(conn, pipeline).hold_reason
+            if held is None:
+                return None
+            conn.execute(t.pipelines.update().where(t.pipelines.c.name == pipeline)
+                         .values(hold_reason=None))
+            self._event(conn, pipeline, "hold_override",
+                        f"hold lifted by {actor}: {reason} (was: {held})", actor)
+            return held
+
     def set_hold(self, pipeline: str, reason: str | None, actor: str = "ship") -> bool:
         """Hold (or with None, release) the next promotion. True if anything changed."""
         with self._tx() as conn:
@@ -307,7 +321,8 @@ class Store:
                          .values(release_id=release_id))
             release = _release(conn, release_id)
             self._event(conn, pipeline, "queued",
-                        f"{release.name} queued with {len(commits)} commit(s)", actor, release_id)
+                        f"{release.name} queued with {len(commits)} commit(s)", actor, release_id,
+                        {"owner": this_process()})
             return Claim(True, release=release)
 
     # --- releases --------------------------------------------------------------------------
@@ -357,7 +372,7 @@ class Store:
             .values(**values)).rowcount
         if changed != 1:
             raise ConcurrentUpdate(f"{current.name} changed state while moving to {to}")
-        if current.state in IN_FLIGHT and to not in IN_FLIGHT:
+        if current.state in HOLDS_PIPELINE and to not in HOLDS_PIPELINE:
             conn.execute(t.pipelines.update().where(t.pipelines.c.name == current.pipeline,
                                                     t.pipelines.c.in_flight_id == release_id)
                          .values(in_flight_id=None))
@@ -501,7 +516,7 @@ class Store:
             self._event(conn, pipeline, "rollback",
                         f"rollback {names[0].name} → {names[1].name} by {actor}: {reason}",
                         actor, from_id, {"rollback_id": rollback_id, "auto": auto,
-                                         "to": to_id})
+                                         "to": to_id, "owner": this_process()})
             return Claim(True, rollback=rollback)
 
     def finish_rollback(self, rollback_id: int, ok: bool, actor: str, note: str = "") -> Rollback:
@@ -603,6 +618,26 @@ class Store:
                 t.merges.c.pipeline == pipeline, t.merges.c.delivery_id == delivery_id)
                 .limit(1)).first() is not None
 
+    def requeue_merges(self, release_id: int, actor: str = "ship") -> int:
+        """Queue a stopped release's commits again, for the next release (`ship serve` was
+        stopped before the release could ship), and free the pipeline if the release still
+        holds it (one stopped while queued does: `move` frees it only from building on).
+        Returns how many commits."""
+        with self._tx() as conn:
+            release = _release(conn, release_id)
+            if release is None or release.state in SHIPPED | IN_FLIGHT:
+                raise StoreError(f"release {release_id} is running, shipped or unknown")
+            return self._requeue(conn, release, actor)
+
+    def _requeue(self, conn: Connection, release: Release, actor: str) -> int:
+        conn.execute(t.pipelines.update().where(t.pipelines.c.in_flight_id == release.id)
+                     .values(in_flight_id=None))
+        count = conn.execute(t.merges.update().where(t.merges.c.release_id == release.id)
+                             .values(release_id=None)).rowcount
+        self._event(conn, release.pipeline, "requeued", f"{count} commit(s) of "
+                    f"{release.name} queued again for the next release", actor, release.id)
+        return count
+
     def notice_ref(self, release_id: int, notifier: str) -> NoticeRef | None:
         with self._tx() as conn:
             return _notice_ref(conn, release_id, notifier)
@@ -625,8 +660,132 @@ class Store:
                 raise
             return kept
 
+    # --- crash safety: which process drives what -------------------------------------------
+    # One process drives a release (or a running rollback) at a time. Every claim of one —
+    # queueing it, starting a flow run on it, taking it over after a crash — writes an event
+    # naming the process, so that a process started later can tell a release whose driver is
+    # gone from one that another process still drives (orchestrator/reconcile.py).
+
+    def record_run(self, release_id: int, flow: str, flow_run_id: str | None,
+                   rollback_id: int | None = None) -> None:
+        """A flow run of this process started driving the release (with `rollback_id`: its
+        rollback)."""
+        owner = this_process()
+        with self._tx() as conn:
+            release = _release(conn, release_id)
+            if release is None:
+                raise StoreError(f"no release with id {release_id}")
+            if flow_run_id and rollback_id is None:
+                conn.execute(t.releases.update().where(t.releases.c.id == release_id)
+                             .values(flow_run_id=flow_run_id))
+            run = f" {flow_run_id[:8]}" if flow_run_id else ""
+            self._event(conn, release.pipeline, "flow_run",
+                        f"{release.name} {flow} run{run} driven by {describe_process(owner)}",
+                        "ship", release_id, {"flow": flow, "flow_run_id": flow_run_id,
+                                             "rollback_id": rollback_id, "owner": owner})
+
+    def driver(self, release_id: int, rollback_id: int | None = None) -> Driver | None:
+        """Who drives the release (or its rollback): the newest claim on it."""
+        with self._tx() as conn:
+            return _driver(conn, release_id, rollback_id)
+
+    def take_over(self, release_id: int, seen: Driver | None, why: str,
+                  rollback_id: int | None = None) -> bool:
+        """Claim a release (or its rollback) whose driver is gone, if `seen` is still its
+        newest claim: of two processes reconciling at once, exactly one wins."""
+        with self._tx() as conn:
+            _serialise(conn, release_id)
+            current = _driver(conn, release_id, rollback_id)
+            if (current and current.event_id) != (seen and seen.event_id):
+                return False
+            release = _release(conn, release_id)
+            what = release.name + (f" (its rollback {rollback_id})" if rollback_id else "")
+            owner = this_process()
+            self._event(conn, release.pipeline, "take_over",
+                        f"{what} taken over by {describe_process(owner)}: {why}", "reconcile",
+                        release_id, {"rollback_id": rollback_id, "owner": owner,
+                                     "previous": current.owner if current else None})
+            return True
+
+    def stop_orphan(self, release_id: int, to: State, reason: str, halted_by: str | None = None,
+                    actor: str = "reconcile") -> tuple[Release, int]:
+        """Stop a release its driver left (failed or halted) and queue its commits again, in
+        one transaction: no crash between the two can lose a merge. Returns the release and
+        how many commits were queued again."""
+        with self._tx() as conn:
+            release = self._move(conn, release_id, to, actor, reason, halted_by)
+            return release, self._requeue(conn, release, actor)
+
+    def mark_overdue(self, release_id: int, stage: str, since: datetime, message: str,
+                     data: dict[str, Any]) -> bool:
+        """Record that a release overstayed a stage's deadline. True only the first time for
+        this stay, whichever process notices, so that on-call is paged once."""
+        stay = {"stage": stage, "since": since.isoformat()}
+        with self._tx() as conn:
+            _serialise(conn, release_id)
+            seen = conn.execute(sa.select(t.events.c.data).where(
+                t.events.c.release_id == release_id, t.events.c.kind == "overdue")).scalars()
+            if any({k: (d or {}).get(k) for k in stay} == stay for d in seen):
+                return False
+            release = _release(conn, release_id)
+            self._event(conn, release.pipeline, "overdue", message, "ship", release_id,
+                        {**data, **stay})
+            return True
+
 
 # --- helpers -------------------------------------------------------------------------------
+
+
+CLAIMS = ("queued", "flow_run", "take_over", "rollback")  # events that name a driver
+
+
+@dataclass(frozen=True)
+class Driver:
+    """The newest claim on a release (or its rollback): the process that made it, and the
+    flow run, when it was one."""
+
+    event_id: int
+    owner: dict[str, Any]
+    flow_run_id: str | None
+    at: datetime
+
+
+def this_process() -> dict[str, Any]:
+    """Who is writing: host, pid, and when the pid started (pids are reused)."""
+    stat = process_stat(os.getpid())
+    return {"host": socket.gethostname(), "pid": os.getpid(), "started": stat and stat[1]}
+
+
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """A process's state letter (Z: a zombie) and when it started, in clock ticks since
+    boot (Linux /proc); None when there is no such process or no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return fields[0], int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def describe_process(owner: dict[str, Any]) -> str:
+    return f"pid {owner.get('pid')} on {owner.get('host')}"
+
+
+def _driver(conn: Connection, release_id: int, rollback_id: int | None) -> Driver | None:
+    rows = conn.execute(sa.select(t.events.c.id, t.events.c.data, t.events.c.at).where(
+        t.events.c.release_id == release_id, t.events.c.kind.in_(CLAIMS))
+        .order_by(t.events.c.id.desc())).all()
+    for row in rows:
+        data = row.data or {}
+        if data.get("owner") and data.get("rollback_id") == rollback_id:
+            return Driver(row.id, data["owner"], data.get("flow_run_id"), row.at)
+    return None
+
+
+def _serialise(conn: Connection, release_id: int) -> None:
+    """Concurrent claims on one release take turns (SQLite's BEGIN IMMEDIATE already
+    serialises every write)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7412, :key)"), {"key": release_id})
 
 
 def _engine(url: str) -> Engine:

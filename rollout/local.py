@@ -9,6 +9,7 @@ the boot timeout bound real requests and real processes, so they are real second
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from rollout.agent import Desired, HostLayout, live_workers, now_iso, read_json
 from rollout.sim import quantile
@@ -54,6 +55,16 @@ class LocalFleetConfig(ProviderConfig):
                                                           "by then fails its host (real seconds)")
     idle_grace: Seconds = Field(1.0, ge=0, description="a draining worker closes keep-alive "
                                                        "connections idle this long")
+    agents: Literal["start", "attach"] = Field(
+        "start", description="start: this process starts the hosts' agents and stops them on "
+        "close; attach: the agents run on their own at `root` (`ship agent`, e.g. under "
+        "systemd) and outlive this process, as real hosts outlive their orchestrator")
+
+    @model_validator(mode="after")
+    def _attach_needs_root(self) -> LocalFleetConfig:
+        if self.agents == "attach" and not self.root:
+            raise ValueError("agents: attach needs the `root` the agents run in")
+        return self
 
 
 @dataclass
@@ -81,7 +92,13 @@ class LocalFleet:
                   config.base_port + i if config.base_port else 0)
             for i in range(config.hosts)
         ]
-        self._published: Desired | None = None
+        # What the fleet was last told, by this process or one before it (a restarted
+        # orchestrator goes on observing the same publish).
+        self._published: Desired | None = Desired.load(self.hosts[0].layout.desired)
+        if config.agents == "attach":
+            for host in self.hosts:
+                host.port = _running_agent_port(host.layout)
+            return
         try:
             for index in range(len(self.hosts)):
                 self._launch(index)
@@ -155,7 +172,10 @@ class LocalFleet:
         self._await_agent(index)
 
     def close(self) -> None:
-        """Stop every agent (each drains its workers), then any worker a killed agent left."""
+        """Stop every agent (each drains its workers), then any worker a killed agent left.
+        Attached agents are not this process's to stop."""
+        if self.config.agents == "attach":
+            return
         running = [h.process for h in self.hosts if h.process and h.process.poll() is None]
         for process in running:
             process.send_signal(signal.SIGTERM)
@@ -233,3 +253,17 @@ class LocalFleet:
             return pipeline_now - timedelta(seconds=elapsed * self._speed)
 
         return convert
+
+
+def _running_agent_port(layout: HostLayout) -> int:
+    """The port of the agent running at `layout` (attach mode), or why there is none."""
+    status = read_json(layout.status) or {}
+    pid = status.get("pid")
+    try:
+        if not isinstance(pid, int) or status.get("phase") == "stopped":
+            raise ProcessLookupError
+        os.kill(pid, 0)
+    except OSError:
+        raise RuntimeError(f"no agent is running at {layout.root} (agents: attach expects "
+                           "`ship agent --root …` to run there)") from None
+    return int(status["port"])

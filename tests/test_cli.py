@@ -29,7 +29,7 @@ def test_help_lists_the_commands_and_exit_codes(env: dict[str, str], tmp_path: P
     result = ship("--help", env=env, cwd=tmp_path)
     assert result.returncode == 0
     for word in ("demo", "deploy", "status", "releases", "rollback", "lock", "unlock",
-                 "validate", "schema", "exit codes", "refused", "bad input"):
+                 "resume", "validate", "schema", "exit codes", "refused", "bad input"):
         assert word in result.stdout
 
 

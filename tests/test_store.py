@@ -89,6 +89,15 @@ def test_a_halted_release_frees_the_pipeline(store: Store) -> None:
     assert store.pipeline_state("us").in_flight is None
 
 
+def test_a_queued_release_that_stops_frees_the_pipeline(store: Store) -> None:
+    store.record_merge("us", commit(1))
+    release = store.start_release("us", 10, "test").release
+    store.move(release.id, State.FAILED, reason="orchestrator stopped before it began")
+    assert store.pipeline_state("us").in_flight is None
+    store.record_merge("us", commit(2))
+    assert store.start_release("us", 10, "test").won
+
+
 def test_going_live_records_the_live_history(store: Store) -> None:
     first = ship(store, n=1)
     second = ship(store, n=2)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import requests
 from pydantic import Field
 
 from orchestrator.notify import Notice
+from orchestrator.notify.outbox import retry_after
 from shiptypes import ProviderConfig, ProviderContext
 
 Severity = Literal["critical", "error", "warning", "info"]
@@ -149,18 +148,7 @@ def _details(notice: Notice) -> dict[str, Any]:
 
 
 def _retry_after(response: requests.Response) -> float:
-    """Retry-After in seconds, from a number or an HTTP date; 0 when absent or unreadable."""
-    value = response.headers.get("Retry-After", "").strip()
-    if not value:
-        return 0.0
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds())
-    except (TypeError, ValueError):
-        return 0.0
+    return retry_after(response.headers.get("Retry-After"))
 
 
 def _errors(response: requests.Response, routing_key: str) -> str:

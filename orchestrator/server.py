@@ -1,0 +1,260 @@
+"""`ship serve`: one process, one event loop, serving HTTP and running the releases.
+
+    POST /webhooks/github     merges in (orchestrator.intake): each push queues its commits
+                              and kicks the pipeline's release train
+    POST /slack/interactions  the buttons on release messages (orchestrator.slack_actions)
+    GET  /healthz             200 while serving, 503 while stopping
+
+Releases run as Prefect flows in this process (Runner.kick); with --prefect-deployments
+the flows are also served as Prefect deployments (orchestrator.deployments). The web UI,
+when installed (orchestrator.web), mounts on the same app.
+
+On SIGTERM (or Ctrl-C) the server stops accepting requests, no new release starts, and the
+releases in flight get `drain_timeout` seconds to finish. One still running after that is
+stopped and marked failed, and its commits are queued again: the next `ship serve` ships
+them first. Watches are cut short; what the notifiers still hold is sent; the exit code
+is 0. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import os
+import signal
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from orchestrator import intake, slack_actions
+from orchestrator.intake import GitHubIntake
+from orchestrator.release import IN_FLIGHT, State
+from orchestrator.runner import DeployOutcome, Runner
+from orchestrator.runtime import Ship, use
+from orchestrator.slack_actions import SlackActions
+
+if TYPE_CHECKING:
+    from orchestrator.deployments import PrefectServing
+
+MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
+
+
+class ServeRunner(Runner):
+    """A Runner that can be told to stop: no release starts once `stopping`, and the ones
+    in flight can be waited for, or cut."""
+
+    def __init__(self, ship: Ship) -> None:
+        super().__init__(ship)
+        self.stopping = False
+        self._shipping: dict[asyncio.Task, str] = {}
+
+    async def ship_next(self, pipeline: str, actor: str, watch: bool = True) -> DeployOutcome:
+        if self.stopping:
+            return DeployOutcome(False, "ship serve is stopping: merges wait for its restart")
+        task = asyncio.current_task()
+        assert task is not None
+        self._shipping[task] = pipeline
+        try:
+            return await super().ship_next(pipeline, actor, watch)
+        finally:
+            self._shipping.pop(task, None)
+
+    @property
+    def shipping(self) -> list[str]:
+        return sorted(set(self._shipping.values()))
+
+    async def drain(self, timeout: float, force: asyncio.Event) -> list[str]:
+        """Let releases in flight finish within `timeout`; cut the rest. Returns the
+        pipelines whose release was cut."""
+        self.stopping = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self._shipping and loop.time() < deadline and not force.is_set():
+            await asyncio.sleep(0.05)
+        cut = list(self._shipping.items())
+        for task, _ in cut:
+            task.cancel()
+        await asyncio.gather(*(task for task, _ in cut), return_exceptions=True)
+        for pipeline in sorted({name for _, name in cut}):
+            self._interrupted(pipeline)
+        for name in self.ship.running():
+            for watch in list(self.ship.pipeline(name).watches):
+                watch.cancel()
+        return sorted({name for _, name in cut})
+
+    def _interrupted(self, pipeline: str) -> None:
+        rt = self.ship.pipeline(pipeline)
+        release = rt.store.pipeline_state(pipeline).in_flight
+        if release is None or release.state not in IN_FLIGHT | {State.QUEUED}:
+            return
+        reason = f"ship serve stopped while the release was {release.state}"
+        release = rt.store.move(release.id, State.FAILED, reason=reason)
+        requeued = rt.store.requeue_merges(release.id)
+        rt.notify("halted", f"{release.name} failed: {reason}; its {requeued} commit(s) "
+                  "ride the next release", release, level="warning")
+
+
+def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None) -> FastAPI:
+    """The HTTP face of ship: GitHub webhooks, Slack buttons, health, and the web UI when
+    it is installed. Secrets come from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    github = GitHubIntake(ship, runner, env.get(intake.SECRET_ENV, ""))
+    slack = SlackActions(ship, runner, env.get(slack_actions.SECRET_ENV, ""))
+    app = FastAPI(title="ship", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ship, app.state.runner, app.state.slack = ship, runner, slack
+    app.state.stopping = False
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        stopping = app.state.stopping
+        return JSONResponse({"ok": not stopping, "stopping": stopping,
+                             "pipelines": list(ship.config.pipelines)},
+                            status_code=503 if stopping else 200)
+
+    async def answer(request: Request, handle: Callable) -> JSONResponse:
+        if app.state.stopping:
+            return JSONResponse({"error": "ship serve is stopping"}, status_code=503)
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            return JSONResponse({"error": "payload too large"}, status_code=413)
+        status, body = await handle(await request.body(), request.headers)
+        return JSONResponse(body, status_code=status)
+
+    @app.post("/webhooks/github")
+    async def github_webhook(request: Request) -> JSONResponse:
+        return await answer(request, github.handle)
+
+    @app.post("/slack/interactions")
+    async def slack_interaction(request: Request) -> JSONResponse:
+        return await answer(request, slack.handle)
+
+    if importlib.util.find_spec("orchestrator.web") is not None:
+        importlib.import_module("orchestrator.web").mount_ui(app, ship, runner)
+    return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `serve` decides how ship stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(ship: Ship, host: str, port: int, drain_timeout: float,
+                prefect: PrefectServing | None = None,
+                say: Callable[[str], None] = print) -> int:
+    """Serve until SIGTERM or SIGINT, then stop gracefully. Returns the exit code."""
+    use(ship)
+    runner = ServeRunner(ship)
+    app = create_app(ship, runner)
+    server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                    access_log=False, lifespan="off",
+                                    timeout_graceful_shutdown=5))
+    if prefect is not None:
+        await prefect.start()
+        say(f"Prefect deployments served: {', '.join(prefect.names)}")
+    stop, force = asyncio.Event(), asyncio.Event()
+    _keep_sigterm()
+    _on_signals(stop, force)
+    serving = asyncio.create_task(server.serve())
+    if not await _started(server, serving):
+        say(f"ship serve could not listen on {host}:{port}")
+        return 1
+    bound = server.servers[0].sockets[0].getsockname()
+    say(f"ship serve listening on http://{bound[0]}:{bound[1]} "
+        f"(pipelines: {', '.join(ship.config.pipelines)})")
+    for name in (intake.SECRET_ENV, slack_actions.SECRET_ENV):
+        if not os.environ.get(name):
+            say(f"{name} is not set: its endpoint refuses every request (503)")
+    starting = asyncio.create_task(_settle_and_resume(ship, runner, say))
+    await asyncio.wait([serving, asyncio.create_task(stop.wait())],
+                       return_when=asyncio.FIRST_COMPLETED)
+    starting.cancel()
+    say("ship serve stopping: no new requests; waiting for releases in flight "
+        f"(up to {drain_timeout:g}s)")
+    app.state.stopping = True
+    server.should_exit = True
+    await serving
+    cut = await runner.drain(drain_timeout, force)
+    sent = await _wind_down(ship, app.state.slack, prefect, force)
+    say("ship serve stopped" + (f"; releases cut short on {', '.join(cut)}" if cut else "")
+        + ("" if sent else "; some notices were not sent"))
+    return 0
+
+
+async def _wind_down(ship: Ship, slack: SlackActions, prefect: PrefectServing | None,
+                     force: asyncio.Event) -> bool:
+    """After the drain: rollbacks pressed in Slack finish, the Prefect runner stops, the
+    notifiers send what they hold, providers stop. Whether every notice was sent."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(slack.settle(), 0.1 if force.is_set() else 30)
+    if prefect is not None:
+        await prefect.stop()
+    sent = await asyncio.to_thread(ship.close_notifiers, 1.0 if force.is_set() else 10.0)
+    ship.close_providers()
+    return sent
+
+
+async def _started(server: uvicorn.Server, serving: asyncio.Task) -> bool:
+    while not server.started:
+        if serving.done():
+            with contextlib.suppress(BaseException):
+                serving.result()  # uvicorn exits (SystemExit) when it cannot bind
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def _keep_sigterm() -> None:
+    """Prefect's flow engine swaps in a SIGTERM handler of its own while a flow runs, which
+    raises TerminationSignal in whatever code runs at that moment: with many flows sharing
+    this loop, a random one would crash. Here SIGTERM means "drain", so the engine's bridge
+    is turned off in this process (runs of the served deployments, in child processes,
+    keep theirs)."""
+    import prefect.flow_engine
+
+    if not hasattr(prefect.flow_engine, "capture_sigterm"):
+        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check ship serve's "
+                           "SIGTERM handling against this Prefect version")
+    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
+
+
+def _on_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
+    def on_signal() -> None:
+        if stop.is_set():
+            force.set()
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+
+
+async def _settle_and_resume(ship: Ship, runner: Runner, say: Callable[[str], None]) -> None:
+    """Settle what a stopped process left (orchestrator.reconcile: releases half-way,
+    watches cut short), then ship what was merged while no server ran."""
+    from orchestrator.reconcile import reconcile
+
+    try:
+        for outcome in await reconcile(ship, runner):
+            say(f"reconciled {outcome.release or outcome.pipeline} ({outcome.was}) → "
+                f"{outcome.action}: {outcome.detail}")
+    except Exception as error:  # still ship what is queued; the stage deadlines will page
+        say(f"reconcile failed: {type(error).__name__}: {error}")
+    for name in ship.config.pipelines:
+        if ship.store.pipeline_state(name).pending_merges:
+            runner.kick(name, actor="ship")
+
+
+def run(ship: Ship, host: str, port: int, drain_timeout: float,
+        prefect: PrefectServing | None = None) -> int:
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    return asyncio.run(serve(ship, host, port, drain_timeout, prefect, say))
