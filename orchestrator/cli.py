@@ -227,8 +227,7 @@ def _status(args: argparse.Namespace) -> int:
 def _releases(args: argparse.Namespace) -> int:
     from orchestrator import report
 
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
+    name, store = _named(args)
     releases = store.releases(name, limit=args.limit)
     if args.json:
         print(json.dumps([report.release_dict(store, r) for r in releases], indent=2))
@@ -238,8 +237,7 @@ def _releases(args: argparse.Namespace) -> int:
 
 
 def _events(args: argparse.Namespace) -> int:
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
+    name, store = _named(args)
     release_id = None
     if args.release is not None:
         release = store.release_by_number(name, args.release)
@@ -259,8 +257,7 @@ def _events(args: argparse.Namespace) -> int:
 
 
 def _lock(args: argparse.Namespace) -> int:
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
+    name, store = _named(args)
     claim = store.take_lock(name, _actor(args), args.reason, auto=False)
     if not claim.won:
         raise Refused(f"{name} is already {claim.reason}")
@@ -269,8 +266,7 @@ def _lock(args: argparse.Namespace) -> int:
 
 
 def _unlock(args: argparse.Namespace) -> int:
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
+    name, store = _named(args)
     lock = store.unlock(name, _actor(args), args.reason)
     if lock is None:
         raise Refused(f"{name} is not locked")
@@ -279,8 +275,7 @@ def _unlock(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
+    name, store = _named(args)
     held = store.override_hold(name, _actor(args), args.reason)
     if held is None:
         raise Refused(f"{name} is not held")
@@ -358,7 +353,8 @@ def _reconcile(args: argparse.Namespace) -> int:
         for name, found in problems.items():
             for problem in found:
                 err.print(f"[red]✘[/] {name}: {problem}", highlight=False, markup=True)
-    return REFUSED if any(problems.values()) else OK
+    failed = any(o.action == "error" for o in outcomes)
+    return REFUSED if failed or any(problems.values()) else OK
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -380,7 +376,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
-    return run_demo(args.config, args.pipeline, args.demo_speed, out)
+    # Piped output (CI logs) gets room for the stage table instead of 80 columns.
+    console = out if out.is_terminal else Console(width=120)
+    return run_demo(args.config, args.pipeline, args.demo_speed, console)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -400,6 +398,12 @@ def _open(args: argparse.Namespace) -> tuple[config_module.ShipConfig, Any]:
     else:
         store.clock = WallClock()
     return loaded, store
+
+
+def _named(args: argparse.Namespace) -> tuple[str, Any]:
+    """The pipeline the command names (checked against the config), and the store."""
+    loaded, store = _open(args)
+    return _pipeline(loaded, args.pipeline), store
 
 
 def _pipeline(loaded: config_module.ShipConfig, name: str) -> str:

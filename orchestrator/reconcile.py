@@ -86,7 +86,8 @@ class Reconciled:
     pipeline: str
     release: str | None
     was: str
-    action: str  # failed | halted | live | watching | rolled_back | rollback_failed | left | paged
+    # failed | halted | live | watching | rolled_back | rollback_failed | left | paged | error
+    action: str
     detail: str
 
     def as_dict(self) -> dict[str, Any]:
@@ -105,7 +106,12 @@ async def reconcile(ship: Ship, runner: Runner | None = None, *, take_over: bool
     driven from other hosts; without `watch`, watches are left to the next process."""
     outcomes: list[Reconciled] = []
     for name in ship.config.pipelines:
-        outcomes += await _reconcile_pipeline(ship, name, take_over, watch)
+        try:
+            outcomes += await _reconcile_pipeline(ship, name, take_over, watch)
+        except Exception as error:  # one pipeline's trouble must not leave the others be
+            why = f"{type(error).__name__}: {error}"
+            ship.store.event(name, "reconcile", f"reconcile failed: {why}", ACTOR)
+            outcomes.append(Reconciled(name, None, "?", "error", why))
     outcomes += page_overdue(ship)
     if runner is not None:
         for name in {o.pipeline for o in outcomes if o.action in ("failed", "halted")}:
@@ -319,6 +325,9 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
     status = await flows._until_started(rt, release, rt.fleet)
     rt.store.record_rollout(release_id, "promote", release.entered(State.PROMOTING)
                             or rt.clock.now(), status)
+    if status.release != release.number:  # a rollback published its target meanwhile
+        return (await flows._halt(rt, release_id, "rollback", f"the fleet was taken over by "
+                                  f"release #{status.release} (a rollback)")).value
     trouble = flows._rollout_trouble(rt, status)
     if trouble:
         await flows._revert(rt, release, previous)

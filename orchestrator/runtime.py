@@ -84,7 +84,8 @@ class PipelineRuntime:
                      for title, template in self.config.notify.links.items())
 
     def notify(self, kind: str, text: str, release: Release | None = None,
-               level: str = "info", actor: str = "ship", **extra: object) -> None:
+               level: str = "info", actor: str = "ship",
+               links: tuple[Link, ...] | None = None, **extra: object) -> None:
         notice = Notice(
             pipeline=self.name, kind=kind, text=text, level=level,  # type: ignore[arg-type]
             release_id=release.id if release else None,
@@ -93,7 +94,8 @@ class PipelineRuntime:
             sha=release.sha if release else None,
             authors=tuple(sorted({c.author for c in release.commits if c.author}))
             if release else (),
-            links=self.links(release) if release else (), actor=actor, **extra)  # type: ignore[arg-type]
+            links=links if links is not None else self.links(release) if release else (),
+            actor=actor, **extra)  # type: ignore[arg-type]
         self.broadcast.notify(notice)
 
     def report_progress(self, release: Release, phase: str, status: FleetStatus) -> None:

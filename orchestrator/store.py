@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator import schema as t
@@ -272,7 +273,7 @@ class Store:
     def record_merge(self, pipeline: str, commit: Commit, delivery_id: str | None = None) -> bool:
         """Queue a merged commit for the next release. False if it was already recorded."""
         with self._tx() as conn:
-            _ensure_pipeline(conn, pipeline)
+            _ensure_pipeline(conn, pipeline, lock=True)  # one recorder of a commit at a time
             seen = conn.execute(sa.select(t.merges.c.id).where(
                 t.merges.c.pipeline == pipeline, t.merges.c.sha == commit.sha)).first()
             if seen:
@@ -284,12 +285,23 @@ class Store:
                         commit.author or "github", data={"sha": commit.sha})
             return True
 
+    def pending_merges(self, pipeline: str, limit: int) -> list[Commit]:
+        """The merges the next release train would take, oldest first (as start_release
+        takes them), without claiming anything."""
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(t.merges).where(t.merges.c.pipeline == pipeline,
+                                          t.merges.c.release_id.is_(None))
+                .order_by(t.merges.c.merged_at, t.merges.c.id).limit(limit)).all()
+        return [Commit(m.sha, m.author, m.message, m.merged_at) for m in rows]
+
     def start_release(self, pipeline: str, max_commits: int, actor: str) -> Claim:
         """Claim the pipeline and create a release carrying the oldest pending merges (a
         release train). Refused while locked, while another release is in flight, or with
         nothing to ship."""
         with self._tx() as conn:
-            row = _ensure_pipeline(conn, pipeline)
+            # Locked, so that of two racing starters the second reads the first's claim.
+            row = _ensure_pipeline(conn, pipeline, lock=True)
             if row.lock_id is not None:
                 lock = _lock(conn, row.lock_id)
                 return Claim(False, lock=lock, reason=lock.describe() if lock else "locked")
@@ -819,11 +831,17 @@ def _rollout_values(status: FleetStatus) -> dict[str, Any]:
             "failures": [{"host": f.host, "reason": f.reason} for f in status.failures]}
 
 
-def _ensure_pipeline(conn: Connection, name: str) -> Any:
-    row = conn.execute(sa.select(t.pipelines).where(t.pipelines.c.name == name)).first()
+def _ensure_pipeline(conn: Connection, name: str, lock: bool = False) -> Any:
+    """The pipeline's row, created if new. With `lock`, held until the transaction ends
+    (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises every write)."""
+    query = sa.select(t.pipelines).where(t.pipelines.c.name == name)
+    query = query.with_for_update() if lock else query
+    row = conn.execute(query).first()
     if row is None:
-        conn.execute(t.pipelines.insert().values(name=name))
-        row = conn.execute(sa.select(t.pipelines).where(t.pipelines.c.name == name)).one()
+        insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)
+        # Two processes may create the same pipeline at once: the second changes nothing.
+        conn.execute(insert(t.pipelines).values(name=name).on_conflict_do_nothing())
+        row = conn.execute(query).one()
     return row
 
 

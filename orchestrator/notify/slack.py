@@ -15,6 +15,7 @@ channel are kept in the store (notice_refs), so any process can update it.
 from __future__ import annotations
 
 import json
+import math
 import urllib.error
 from collections.abc import Callable
 from typing import Any
@@ -61,7 +62,7 @@ class SlackNotifier:
         if self._client is None:
             # Retries are the outbox's: the client's own would hide them from its budget.
             self._client = WebClient(token=self._token, base_url=self.config.api_url,
-                                     timeout=int(self.config.request_timeout),
+                                     timeout=math.ceil(self.config.request_timeout),
                                      retry_handlers=[])
         return self._client
 
@@ -130,8 +131,9 @@ class SlackNotifier:
 
     def _reply(self, response_url: str, text: str) -> None:
         try:
-            answer = WebhookClient(response_url, timeout=int(self.config.request_timeout)).send(
-                text=text, response_type="ephemeral", replace_original=False)
+            # slack-sdk takes whole seconds: round up, never down to "no time at all".
+            client = WebhookClient(response_url, timeout=math.ceil(self.config.request_timeout))
+            answer = client.send(text=text, response_type="ephemeral", replace_original=False)
         except (urllib.error.URLError, OSError) as error:
             raise Retry(f"cannot reach Slack ({type(error).__name__})") from None
         if answer.status_code == 429:
