@@ -23,11 +23,12 @@ from orchestrator.release import SHIPPED, TRANSITIONS, State
 from orchestrator.rollback import NoRollbackTarget, choose_target
 from orchestrator.runtime import PipelineRuntime
 from orchestrator.slugs import BuildFailed
-from orchestrator.store import Release
-from shiptypes import FleetDriver, FleetStatus, GateResult, PreprodTarget
+from orchestrator.store import Release, Rollback
+from shiptypes import FleetDriver, FleetStatus, GateResult, Link, PreprodTarget
 
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retries": 0}
 FLOW = {"persist_result": False, "validate_parameters": False}
+TAKEN_OVER = "the fleet was taken over by"
 
 
 # --- release -----------------------------------------------------------------------------
@@ -74,7 +75,8 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) 
         return refusal
     trouble = await promote_task(rt.name, release_id)
     if trouble:
-        return await _halt(rt, release_id, "rollout", trouble)
+        by = "rollback" if trouble.startswith(TAKEN_OVER) else "rollout"
+        return await _halt(rt, release_id, by, trouble)
     release = rt.store.go_live(release_id)
     rt.notify("live", f"{release.name} is live on every host ({_short(release)})", release)
     return State.LIVE
@@ -102,9 +104,12 @@ async def _halt(rt: PipelineRuntime, release_id: int, by: str, reason: str) -> S
     if halts >= rt.config.stall.halts and rt.store.mark_stall(rt.name, paged=True):
         rt.store.event(rt.name, "stall", f"stalled: {halts} releases halted in a row",
                        release_id=release_id)
+        halted = rt.store.releases(rt.name, limit=halts)
         rt.notify("stall", f"pipeline {rt.name} stalled: the last {halts} releases were halted "
                   f"(latest {release.name}: {reason})", release, level="page",
-                  details={"halts": str(halts)})
+                  links=tuple(Link(f"{r.name} {link.title}", link.url)
+                              for r in halted for link in rt.links(r)),
+                  details={"halts": str(halts)} | {r.name: r.reason or "" for r in halted})
     return State.HALTED
 
 
@@ -200,6 +205,10 @@ async def promote_task(pipeline: str, release_id: int) -> str | None:
     await asyncio.to_thread(rt.fleet.publish, release.ref())
     status = await _until_started(rt, release, rt.fleet)
     rollout_id = rt.store.record_rollout(release_id, "promote", published_at, status)
+    if status.release != release.number:
+        # A rollback published its target meanwhile: the fleet is its, nothing to revert.
+        return (f"{TAKEN_OVER} release #{status.release} (a rollback) before every host had "
+                "started this one")
     trouble = _rollout_trouble(rt, status)
     if trouble:
         await _revert(rt, release, previous)
@@ -215,7 +224,8 @@ async def _until_started(rt: PipelineRuntime, release: Release, fleet: FleetDriv
     while True:
         status = await asyncio.to_thread(fleet.observe)
         rt.report_progress(release, "starting", status)
-        if status.all_started or _too_many_failed(rt, status) or rt.clock.now() >= deadline:
+        if (status.all_started or _too_many_failed(rt, status) or rt.clock.now() >= deadline
+                or status.release != release.number):
             return status
         await rt.clock.wait(rt.poll_s)
 
@@ -307,8 +317,8 @@ async def watch_flow(pipeline: str, release_id: int, resumed: bool = False) -> s
         release = rt.store.release(release_id)
         if release.state != State.WATCHING:
             return release.state.value  # rolled back meanwhile
-        verdict = await asyncio.to_thread(look, rt.source, rules, since, rt.clock.now(),
-                                          hb.window)
+        verdict = await asyncio.to_thread(look, rt.source, rules, _judged_since(rt, since),
+                                          rt.clock.now(), hb.window)
         if verdict.breach:
             return await _on_breach(rt, release, verdict.breach)
         if (verdict.no_data is None) != (blind is None) or first_look:
@@ -323,6 +333,23 @@ async def watch_flow(pipeline: str, release_id: int, resumed: bool = False) -> s
     rt.notify("watch_ok", f"{release.name} watched for {hb.watch / 60:.0f} min: heartbeat "
               "healthy", release)
     return State.DONE.value
+
+
+def _judged_since(rt: PipelineRuntime, since: datetime) -> datetime:
+    """Where a watch's data starts to count: when the release went live, or when the
+    latest rollback completed if that is later. What the heartbeat did before a rollback
+    has been answered by it; judged again by an older release's watch, the same breach
+    would roll back a release that was never at fault."""
+    latest = _rolled_back_since(rt, since)
+    return latest.finished_at if latest else since
+
+
+def _rolled_back_since(rt: PipelineRuntime, since: datetime) -> Rollback | None:
+    """The latest rollback, if it completed after `since`."""
+    latest = next(iter(rt.store.rollbacks(rt.name, limit=1)), None)
+    if latest and latest.outcome == "done" and latest.finished_at and latest.finished_at > since:
+        return latest
+    return None
 
 
 def localised_rule(rt: PipelineRuntime, rule: MetricRule) -> MetricRule:
@@ -378,6 +405,14 @@ async def rollback_flow(pipeline: str, actor: str, reason: str, auto: bool = Fal
     live = rt.store.pipeline_state(pipeline).live
     if live is None:
         return RollbackOutcome(False, f"nothing is live on {pipeline}: nothing to roll back")
+    answered = _rolled_back_since(rt, breach_at) if breach_at else None
+    if answered is not None:
+        # The breach was seen on data from before a rollback that has since completed (a
+        # slower watch of an older release): rolling back again would undo good releases.
+        why = (f"the breach at {breach_at:%H:%M:%S} was answered by rollback "
+               f"{answered.id}, done at {answered.finished_at:%H:%M:%S}")
+        rt.store.event(pipeline, "rollback_refused", f"rollback refused: {why}", actor)
+        return RollbackOutcome(False, why, rollback_id=answered.id)
     try:
         target = _rollback_target(rt, live, to_number, minutes_ago, breach_at)
     except NoRollbackTarget as refusal:

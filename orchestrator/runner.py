@@ -1,17 +1,26 @@
 """Running pipelines: take what was merged, ship it as a release train, hand over to the
-watch, and start the next release as soon as the pipeline is free."""
+watch, and start the next release as soon as the pipeline is free.
+
+While a release rolls out, the merges queued behind it are built (and their CI run) ahead:
+a slug and a CI result depend only on the commits, so the next release, claiming exactly
+those commits when the pipeline is free, goes straight to pre-prod.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator import flows
 from orchestrator.release import State
-from orchestrator.runtime import Ship
+from orchestrator.runtime import PipelineRuntime, Ship
+from orchestrator.slugs import Builder
 from orchestrator.store import Lock, Release
-from shiptypes import Commit
+from shiptypes import Commit, FleetStatus, Gate, GateResult, PreprodTarget, ReleaseRef, Slug
 
 
 @dataclass(frozen=True)
@@ -32,11 +41,13 @@ class Runner:
         self.ship = ship
         self._trains: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
+        self._promoting: dict[str, int] = {}  # pipeline → number of the release rolling out
 
     def kick(self, pipeline: str, actor: str = "ship") -> asyncio.Task:
         """Make sure what is queued on `pipeline` ships: start its train loop if it is idle,
         or tell the running loop to look again. Call from the event loop's thread."""
         self._dirty.add(pipeline)
+        self._build_ahead(pipeline)
         train = self._trains.get(pipeline)
         if train is None or train.done():
             train = asyncio.create_task(self._train(pipeline, actor))
@@ -60,14 +71,21 @@ class Runner:
         return await self.ship_next(pipeline, actor, watch)
 
     async def ship_next(self, pipeline: str, actor: str, watch: bool = True) -> DeployOutcome:
-        rt = self.ship.pipeline(pipeline)
-        claim = rt.store.start_release(pipeline, rt.config.train.max_commits, actor)
+        rt = self._runtime(pipeline)
+        ahead = _builds_ahead(rt).ready_for(rt)
+        claim = rt.store.start_release(pipeline, len(ahead.release.commits) if ahead
+                                       else rt.config.train.max_commits, actor)
         if not claim.won:
             if claim.lock is not None:
                 rt.notify("refused", f"deploy by {actor} refused: {claim.reason}", actor=actor)
             return DeployOutcome(False, claim.reason, claim.release, lock=claim.lock)
         release = claim.release
-        state = await flows.release_flow(pipeline, release.id)
+        if ahead:
+            ahead.claimed = True
+        try:
+            state = await flows.release_flow(pipeline, release.id)
+        finally:
+            self._promoting.pop(pipeline, None)
         if state == State.LIVE:
             watching = asyncio.create_task(flows.watch_flow(pipeline, release.id))
             rt.watches.add(watching)
@@ -75,6 +93,46 @@ class Runner:
             if watch:
                 state = await watching
         return DeployOutcome(True, state, rt.store.release(release.id), state)
+
+    def _runtime(self, pipeline: str) -> PipelineRuntime:
+        """The pipeline's runtime, its builder and CI gate able to take work done ahead."""
+        rt = self.ship.pipeline(pipeline)
+        if not isinstance(rt.builder, BuildsAhead):
+            rt.builder = BuildsAhead(rt.builder)
+            if rt.ci is not None:
+                rt.ci = ChecksAhead(rt.ci, rt.builder)
+        if self._on_progress not in rt.progress:
+            rt.progress.append(self._on_progress)
+        return rt
+
+    def _on_progress(self, release: Release, phase: str, status: FleetStatus) -> None:
+        """The first sight of a promotion under way: what is queued can be built ahead."""
+        if (phase == "starting" and release.state == State.PROMOTING
+                and self._promoting.get(release.pipeline) != release.number):
+            self._promoting[release.pipeline] = release.number
+            self._build_ahead(release.pipeline)
+
+    def _build_ahead(self, pipeline: str) -> None:
+        """While a release rolls out, build the merges queued behind it and run their CI,
+        once per release: merges arriving later ride the release after."""
+        number = self._promoting.get(pipeline)
+        if number is None:
+            return
+        rt = self._runtime(pipeline)
+        builds = _builds_ahead(rt)
+        if builds.ahead is not None and builds.ahead.release.number > number:
+            return
+        commits = rt.store.pending_merges(pipeline, rt.config.train.max_commits)
+        if not commits:
+            return
+        ref = ReleaseRef(0, pipeline, number + 1, commits[-1].sha, None, tuple(commits))
+        target = PreprodTarget(rt.config.preprod.name, rt.config.preprod.url)
+        ci = _background(rt.ci.gate.run, ref, target) if isinstance(rt.ci, ChecksAhead) \
+            else None
+        builds.ahead = Ahead(ref, _background(builds.builder.build, ref), ci)
+        rt.store.event(pipeline, "ahead", f"building {len(commits)} commit(s) ahead for "
+                       f"{ref.name} while #{number} rolls out",
+                       data={"number": ref.number, "shas": [c.sha for c in commits]})
 
     async def settle(self, pipeline: str) -> None:
         """Wait for every watch and convergence follower of the pipeline to end."""
@@ -87,3 +145,77 @@ class Runner:
                        minutes_ago: float | None = None) -> flows.RollbackOutcome:
         return await flows.rollback_flow(pipeline, actor=actor, reason=reason, auto=False,
                                          to_number=to_number, minutes_ago=minutes_ago)
+
+
+# --- work done ahead ------------------------------------------------------------------------
+
+
+@dataclass
+class Ahead:
+    """The slug and CI run of a release not yet claimed, for exactly these commits."""
+
+    release: ReleaseRef
+    slug: Future[Slug]
+    ci: Future[GateResult] | None
+    claimed: bool = False  # a release was started with it in mind (matching or not)
+
+    def serves(self, release: ReleaseRef) -> bool:
+        return (release.number == self.release.number
+                and [c.sha for c in release.commits] == [c.sha for c in self.release.commits])
+
+
+class BuildsAhead:
+    """The pipeline's builder, handing over the slug built ahead when it is this release's."""
+
+    def __init__(self, builder: Builder) -> None:
+        self.builder = builder
+        self.ahead: Ahead | None = None
+
+    def ready_for(self, rt: PipelineRuntime) -> Ahead | None:
+        """Work done ahead for the release the pipeline would start next, if any."""
+        ahead = self.ahead
+        if ahead is None or ahead.claimed:
+            return None
+        latest = next(iter(rt.store.releases(rt.name, limit=1)), None)
+        return ahead if ahead.release.number == (latest.number if latest else 0) + 1 else None
+
+    def build(self, release: ReleaseRef) -> Slug:
+        ahead = self.ahead
+        if ahead is not None and ahead.serves(release):
+            return ahead.slug.result()
+        return self.builder.build(release)
+
+
+class ChecksAhead:
+    """The pipeline's CI gate, handing over the run started ahead when it is this release's."""
+
+    def __init__(self, gate: Gate, builds: BuildsAhead) -> None:
+        self.gate = gate
+        self.name = gate.name
+        self._builds = builds
+
+    def run(self, release: ReleaseRef, target: PreprodTarget) -> GateResult:
+        ahead = self._builds.ahead
+        if ahead is not None and ahead.ci is not None and ahead.serves(release):
+            return ahead.ci.result()
+        return self.gate.run(release, target)
+
+
+def _builds_ahead(rt: PipelineRuntime) -> BuildsAhead:
+    assert isinstance(rt.builder, BuildsAhead)
+    return rt.builder
+
+
+def _background(work: Callable[..., Any], *args: object) -> Future:
+    """Run `work` on a daemon thread: work done ahead never holds up the process's exit."""
+    future: Future = Future()
+
+    def run() -> None:
+        if future.set_running_or_notify_cancel():
+            try:
+                future.set_result(work(*args))
+            except BaseException as error:
+                future.set_exception(error)
+
+    threading.Thread(target=run, name="ship-ahead", daemon=True).start()
+    return future
