@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -75,8 +76,7 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) 
         return refusal
     trouble = await promote_task(rt.name, release_id)
     if trouble:
-        by = "rollback" if trouble.startswith(TAKEN_OVER) else "rollout"
-        return await _halt(rt, release_id, by, trouble)
+        return await halt_promotion(rt, release_id, trouble)
     release = rt.store.go_live(release_id)
     rt.notify("live", f"{release.name} is live on every host ({_short(release)})", release)
     return State.LIVE
@@ -203,19 +203,40 @@ async def promote_task(pipeline: str, release_id: int) -> str | None:
     previous = rt.store.pipeline_state(pipeline).live
     published_at = rt.clock.now()
     await asyncio.to_thread(rt.fleet.publish, release.ref())
+    started = await until_every_host_started(rt, release, previous, published_at)
+    if started.trouble is None:
+        # Convergence is followed beside the watch; the pipeline is free from here.
+        _spawn(rt, _follow_convergence(rt, release, started.rollout_id))
+    return started.trouble
+
+
+class Started(NamedTuple):
+    trouble: str | None  # why not every host started the release; None when they did
+    rollout_id: int
+    status: FleetStatus
+
+
+async def until_every_host_started(rt: PipelineRuntime, release: Release,
+                                   previous: Release | None,
+                                   published_at: datetime) -> Started:
+    """After the fleet was told of `release`: wait until every host has started it and
+    record the rollout. When too many hosts failed, they are returned to `previous`."""
     status = await _until_started(rt, release, rt.fleet)
-    rollout_id = rt.store.record_rollout(release_id, "promote", published_at, status)
+    rollout_id = rt.store.record_rollout(release.id, "promote", published_at, status)
     if status.release != release.number:
         # A rollback published its target meanwhile: the fleet is its, nothing to revert.
-        return (f"{TAKEN_OVER} release #{status.release} (a rollback) before every host had "
-                "started this one")
+        return Started(f"{TAKEN_OVER} release #{status.release} (a rollback) before every "
+                       "host had started this one", rollout_id, status)
     trouble = _rollout_trouble(rt, status)
     if trouble:
         await _revert(rt, release, previous)
-        return trouble
-    # Convergence is followed beside the watch; the pipeline is free from here.
-    _spawn(rt, _follow_convergence(rt, release, rollout_id))
-    return None
+    return Started(trouble, rollout_id, status)
+
+
+async def halt_promotion(rt: PipelineRuntime, release_id: int, trouble: str) -> State:
+    """Halt a promotion that did not reach every host, naming what stopped it."""
+    by = "rollback" if trouble.startswith(TAKEN_OVER) else "rollout"
+    return await _halt(rt, release_id, by, trouble)
 
 
 async def _until_started(rt: PipelineRuntime, release: Release, fleet: FleetDriver) -> FleetStatus:
@@ -424,11 +445,15 @@ async def rollback_flow(pipeline: str, actor: str, reason: str, auto: bool = Fal
         winner = claim.rollback.id if claim.rollback else None
         return RollbackOutcome(False, claim.reason, rollback_id=winner)
     _remember_flow_run(rt, live.id, "rollback", claim.rollback.id)
-    lock_reason = reason if reason.startswith("auto-rollback") or not auto else f"auto: {reason}"
-    rt.store.take_lock(pipeline, actor, lock_reason, auto=auto)
+    rt.store.take_lock(pipeline, actor, lock_reason(reason, auto), auto=auto)
     rt.notify("rollback", f"rolling back {live.name} → {target.name} ({actor}): {reason}",
               live, level="page" if auto else "warning", actor=actor)
     return await _move_fleet_back(rt, claim.rollback.id, live, target, actor)
+
+
+def lock_reason(reason: str, auto: bool) -> str:
+    """Why a rollback locks the pipeline: an automatic one always says so."""
+    return reason if reason.startswith("auto-rollback") or not auto else f"auto: {reason}"
 
 
 def _refusal(rt: PipelineRuntime, live: Release, refusal: NoRollbackTarget) -> RollbackOutcome:

@@ -322,19 +322,13 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
                             f"({told}): nothing to undo")
         return await _stop_promotion(rt, release, previous,
                                      f"orchestrator restarted mid-promotion ({told})")
-    status = await flows._until_started(rt, release, rt.fleet)
-    rt.store.record_rollout(release_id, "promote", release.entered(State.PROMOTING)
-                            or rt.clock.now(), status)
-    if status.release != release.number:  # a rollback published its target meanwhile
-        return (await flows._halt(rt, release_id, "rollback", f"the fleet was taken over by "
-                                  f"release #{status.release} (a rollback)")).value
-    trouble = flows._rollout_trouble(rt, status)
-    if trouble:
-        await flows._revert(rt, release, previous)
-        return (await flows._halt(rt, release_id, "rollout", trouble)).value
+    published_at = release.entered(State.PROMOTING) or rt.clock.now()
+    started = await flows.until_every_host_started(rt, release, previous, published_at)
+    if started.trouble:
+        return (await flows.halt_promotion(rt, release_id, started.trouble)).value
     release = rt.store.go_live(release_id)
     rt.notify("live", f"{release.name} is live on every host (promotion resumed after a "
-              f"restart: {_hosts(status)})", release, actor=ACTOR)
+              f"restart: {_hosts(started.status)})", release, actor=ACTOR)
     return State.LIVE.value
 
 
@@ -361,9 +355,8 @@ async def resume_rollback_flow(pipeline: str, rollback_id: int) -> flows.Rollbac
     rollback = next(r for r in rt.store.rollbacks(pipeline) if r.id == rollback_id)
     flows._remember_flow_run(rt, rollback.from_id, "resume-rollback", rollback_id)
     if rt.store.pipeline_state(pipeline).lock is None:
-        reason = rollback.reason if rollback.reason.startswith("auto-rollback") or \
-            not rollback.auto else f"auto: {rollback.reason}"
-        rt.store.take_lock(pipeline, rollback.actor, reason, auto=rollback.auto)
+        rt.store.take_lock(pipeline, rollback.actor,
+                           flows.lock_reason(rollback.reason, rollback.auto), auto=rollback.auto)
     live, target = rt.store.release(rollback.from_id), rt.store.release(rollback.to_id)
     rt.notify("rollback", f"completing the rollback {live.name} → {target.name} "
               f"({rollback.actor}) a lost process left", live, level="warning", actor=ACTOR)
