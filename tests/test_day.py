@@ -4,6 +4,7 @@ intake, flows, store and Prefect engine: what the store says afterwards, never t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections import Counter
 from itertools import pairwise
 from pathlib import Path
@@ -124,8 +125,12 @@ def test_a_rollback_during_a_promotion_takes_the_fleet_and_halts_it(tmp_path: Pa
 
     def roll_back_on_first_sight(release: Release, phase: str, status: FleetStatus) -> None:
         if release.number == 3 and phase == "starting" and not rolling:
-            rolling.append(asyncio.create_task(runner.rollback("us", "ann", "by hand",
-                                                               to_number=1)))
+            # A person's rollback comes from outside the release's flow run (CLI, UI,
+            # Slack): start it in a fresh context, not inside the promote task's, whose
+            # Prefect client closes when that flow run ends.
+            rolling.append(asyncio.create_task(
+                runner.rollback("us", "ann", "by hand", to_number=1),
+                context=contextvars.Context()))
 
     rolling: list[asyncio.Task] = []
 
