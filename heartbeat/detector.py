@@ -5,6 +5,16 @@ windows (or above `max_ratio`, for rates that must not rise), counting only wind
 baseline has at least `min_volume`. "No data" is its own verdict: never healthy, never a
 breach.
 
+A seasonal baseline judges a window only where `min_weeks` of its weeks have data (3 of
+weeks_median's 4 by default). On NAB's Twitter series, judged on whatever history there is, a
+week with one week of history behind it had 21 (AAPL) and 10 (GOOG) false alarms, with two 5
+and 1, with three 1 and 2, and 3.9 weeks with all four 1 and 0: one week cannot show how far a
+whole week strays, and few weeks show it poorly. Asking for 3 keeps the judged weeks under 1
+false alarm a week with one week less of fallback than asking for 4. Where history is
+shorter, the watcher judges against the trailing window instead, or holds, as the rule's
+`fallback` says (heartbeat/watcher.py). week_ago judges on its single week, as it always has:
+a rule that picks it asks for that comparison (a metric steady week to week).
+
 A noisy baseline widens the bounds: a window is out of bounds only if it is also more than
 `noise_sigmas` standard deviations of the baseline's own spread away from it (in log terms,
 so a ratio). The spread is measured on the history alone, never on the watched series, so a
@@ -13,19 +23,22 @@ drop cannot excuse itself:
   of the other weeks) at the same time, pooled over the last `spread_windows` windows. That
   is how far a normal week strays from a median of weeks, which is the comparison a breach
   makes; it holds count noise and news-driven swings alike. With a single history week
-  (week_ago, or a series younger than its baseline) week-to-week spread is unknown, and the
-  window-to-window noise of that week stands in for it.
+  (week_ago) week-to-week spread is unknown, and the window-to-window noise of that week
+  stands in for it.
 - trailing baselines: the robust standard deviation of the trailing window around its median.
 A stable metric keeps the plain ratio bounds; a news-driven one gets bounds it does not cross
 by chance.
 
 The defaults (below 60% for 2 windows, widened to 3 standard deviations of a spread pooled over
-12 windows) catch a halved rate of 1000/min within 2 windows in 97% of watches (3 or 4
-otherwise); on NAB's NYC taxi series against a 4-week median they flag Thanksgiving, Christmas
-and the January blizzard with one other alarm every 7 weeks, and on the news-driven Twitter
-series cut false alarms from about 65 to under 5 a week (under 2 once 4 weeks of history
-exist). At 20/min, where count noise is about 22% a window, a halved rate takes longer to
-stand out: `bench/detector_eval.py` measures all of these.
+24 windows, judged where 3 of 4 weeks have data) catch a halved rate of 1000/min within 2
+windows in 97% of watches (3 or 4 otherwise: count noise, or a bound widened by the spread of
+a watch's first windows, pooled from few of them). Where they judge, on NAB's NYC taxi series
+against a 4-week median they flag Thanksgiving, Christmas and the January blizzard with 0.18
+false alarms a week, and on the news-driven Twitter series they cut false alarms from about 66
+to 0.41 a week. The trailing fallback in those series' first 3 weeks raises 9 (AAPL) and 13
+(GOOG) a week: it keeps a young metric watched, not quiet. At 20/min, where count noise is
+about 22% a window, a halved rate takes longer to stand out: `bench/detector_eval.py`
+measures all of these.
 """
 
 from __future__ import annotations
@@ -39,23 +52,62 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from shiptypes import Point, ProviderConfig, Seconds, Series
 
 WEEK = timedelta(days=7)
+MIN_WEEKS = 3  # weeks a seasonal baseline needs by default: see above
 MAD_TO_SD = 1.4826  # a median absolute deviation times this estimates a normal SD
+
+
+def history_shifts(baseline: Baseline) -> list[timedelta]:
+    """How far back each history series must be fetched for a seasonal baseline."""
+    if baseline.kind == "week_ago":
+        return [WEEK]
+    if baseline.kind == "weeks_median":
+        return [WEEK * k for k in range(1, baseline.weeks + 1)]
+    return []
 
 
 class Baseline(ProviderConfig):
     """What a metric is compared with: the trailing window before the release, the same time
-    one week earlier, or the median of the same time over the last `weeks` weeks."""
+    one week earlier, or the median of the same time over the last `weeks` weeks.
+
+    A seasonal baseline judges a window only where `min_weeks` of its weeks have data there.
+    Where it lacks them (a young metric, a source keeping less history than asked), the
+    watcher follows `fallback`: judge against the trailing `window` before the release, or
+    hold (no data). week_ago has one week by nature and judges on it. A trailing baseline
+    has no weeks: `weeks`, `min_weeks` and `fallback` do not apply to it."""
 
     kind: Literal["trailing", "week_ago", "weeks_median"] = "trailing"
-    window: Seconds = Field(1800.0, gt=0, description="length of a trailing baseline")
+    window: Seconds = Field(1800.0, gt=0, description="length of a trailing baseline, and of "
+                            "the trailing fallback of a seasonal one")
     weeks: int = Field(4, ge=1, le=12, description="weeks in a weeks_median baseline")
+    min_weeks: int | None = Field(None, ge=1, le=12, description="weeks with data a seasonal "
+                                  "baseline needs to judge a window (default: 3 of weeks_median's "
+                                  "weeks, or all when fewer; week_ago's one)")
+    fallback: Literal["trailing", "hold"] = Field("trailing", description="where a seasonal "
+                                                  "baseline lacks min_weeks: judge against the "
+                                                  "trailing window, or hold (no data)")
     spread_windows: int = Field(24, ge=1, description="recent windows pooled to measure how "
                                 "far a seasonal baseline's weeks stray from one another")
+
+    @model_validator(mode="after")
+    def _min_weeks_within_reach(self) -> Baseline:
+        held = len(history_shifts(self))
+        if self.min_weeks is not None and held and self.min_weeks > held:
+            raise ValueError(f"min_weeks {self.min_weeks} is more than the {held} week(s) a "
+                             f"{self.kind} baseline compares with")
+        return self
+
+    @property
+    def needed_weeks(self) -> int:
+        """The weeks with data a seasonal baseline needs at a window to judge it (0: trailing)."""
+        held = len(history_shifts(self))
+        if not held or self.min_weeks is None:
+            return min(held, MIN_WEEKS)
+        return self.min_weeks
 
 
 class MetricRule(ProviderConfig):
@@ -102,20 +154,12 @@ class Decision:
                 f"(threshold {self.threshold:,.0f}/min{why})")
 
 
-def history_shifts(baseline: Baseline) -> list[timedelta]:
-    """How far back each history series must be fetched for a seasonal baseline."""
-    if baseline.kind == "week_ago":
-        return [WEEK]
-    if baseline.kind == "weeks_median":
-        return [WEEK * k for k in range(1, baseline.weeks + 1)]
-    return []
-
-
 def baseline_values(observed: Series, history: Sequence[Series], baseline: Baseline,
                     step_s: float) -> list[float | None]:
     """The expected value for each observed point, as an `Expected` carrying its spread. For
     "trailing", `history` holds one series (the window before the release); for seasonal
-    kinds, one series per shift, each already fetched at its shift."""
+    kinds, one series per shift, each already fetched at its shift. A seasonal baseline has
+    no value (None) where fewer than `needed_weeks` of its weeks have data."""
     if baseline.kind == "trailing":
         values = [p.value for series in history for p in series.points]
         if not values:
@@ -123,16 +167,31 @@ def baseline_values(observed: Series, history: Sequence[Series], baseline: Basel
         level = statistics.median(values)
         spread = _robust_sd([_log_distance(v, level) for v in values])
         return [Expected(level, spread)] * len(observed.points)
-    shifts = history_shifts(baseline)
-    weekly = [[value_near(series.points, point.at - shift, step_s)
-               for series, shift in zip(history, shifts, strict=False)]
-              for point in observed.points]
+    weekly = _weekly(observed, history, baseline, step_s)
     spreads = _pooled_spreads(weekly, baseline.spread_windows)
+    needed = max(baseline.needed_weeks, 1)
     expected: list[float | None] = []
     for weeks, spread in zip(weekly, spreads, strict=True):
         seen = [v for v in weeks if v is not None]
-        expected.append(Expected(statistics.median(seen), spread) if seen else None)
+        expected.append(Expected(statistics.median(seen), spread) if len(seen) >= needed
+                        else None)
     return expected
+
+
+def weeks_present(observed: Series, history: Sequence[Series], baseline: Baseline,
+                  step_s: float) -> list[int]:
+    """For each observed point, how many of a seasonal baseline's weeks have data there."""
+    return [sum(v is not None for v in weeks)
+            for weeks in _weekly(observed, history, baseline, step_s)]
+
+
+def _weekly(observed: Series, history: Sequence[Series], baseline: Baseline,
+            step_s: float) -> list[list[float | None]]:
+    """For each observed point, the value of each history week at the same time, if any."""
+    shifts = history_shifts(baseline)
+    return [[value_near(series.points, point.at - shift, step_s)
+             for series, shift in zip(history, shifts, strict=False)]
+            for point in observed.points]
 
 
 def value_near(points: Sequence[Point], at: datetime, step_s: float) -> float | None:

@@ -179,6 +179,8 @@ def test_configs_without_the_new_fields_still_load_and_typos_are_refused() -> No
     old = MetricRule.model_validate({"name": "m", "query": "q", "min_ratio": 0.5,
                                      "baseline": {"kind": "weeks_median", "weeks": 3}})
     assert (old.noise_sigmas, old.baseline.spread_windows) == (3.0, 24)
+    assert (old.baseline.min_weeks, old.baseline.needed_weeks, old.baseline.fallback) == (
+        None, 3, "trailing")
     tuned = MetricRule.model_validate({"name": "m", "query": "q", "noise_sigmas": 0,
                                        "baseline": {"kind": "week_ago", "spread_windows": 6}})
     assert (tuned.noise_sigmas, tuned.baseline.spread_windows) == (0.0, 6)

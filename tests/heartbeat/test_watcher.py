@@ -80,6 +80,80 @@ def test_a_baseline_that_cannot_be_fetched_is_no_data_with_its_reason() -> None:
     assert verdict.no_data.reason == "baseline: HTTP 503 from the metrics API"
 
 
+class Young(Recorded):
+    """A metric first recorded at `born`: nothing before it."""
+
+    def __init__(self, value: Callable[[datetime], float], born: datetime) -> None:
+        super().__init__(value)
+        self.born = born
+
+    def fetch(self, query: str, start: datetime, end: datetime, step_s: float) -> Series:
+        recorded = super().fetch(query, start, end, step_s)
+        return Series(tuple(p for p in recorded.points if p.at >= self.born))
+
+
+SEASONAL = MetricRule(name="messages", query="q", baseline=Baseline(kind="weeks_median"))
+TEN_DAYS_OLD = RELEASE - timedelta(days=10)  # one week of history of the four
+
+
+def test_short_seasonal_history_falls_back_to_the_trailing_window_and_says_so() -> None:
+    source = Young(broken_after_release, born=TEN_DAYS_OLD)
+    verdict = look(source, [SEASONAL], RELEASE, NOW, STEP)
+    assert verdict.breach is not None
+    assert (verdict.breach.observed, verdict.breach.baseline) == (300.0, 1000.0)
+    assert verdict.breach.reason.endswith(
+        "seasonal history 1 of 4 weeks (needs 3): trailing 30 min baseline")
+    assert "trailing 30 min baseline" in verdict.breach.explanation
+    assert ("q", RELEASE - timedelta(minutes=30), RELEASE) in source.asked
+
+    healthy = look(Young(lambda at: 1000.0, born=TEN_DAYS_OLD), [SEASONAL], RELEASE, NOW, STEP)
+    assert healthy.healthy
+    assert "seasonal history 1 of 4 weeks" in healthy.decisions[0].reason
+
+
+def test_three_weeks_of_four_are_enough_to_judge_seasonally() -> None:
+    source = Young(broken_after_release, born=RELEASE - timedelta(days=22))
+    verdict = look(source, [SEASONAL], RELEASE, NOW, STEP)
+    assert verdict.breach is not None
+    assert "seasonal history" not in verdict.breach.reason
+    assert all(start >= RELEASE - timedelta(days=28) for _, start, _ in source.asked)
+    assert ("q", RELEASE - timedelta(minutes=30), RELEASE) not in source.asked
+
+
+def test_short_seasonal_history_holds_when_the_rule_asks_to() -> None:
+    rule = SEASONAL.model_copy(update={"baseline": Baseline(kind="weeks_median",
+                                                            fallback="hold")})
+    source = Young(broken_after_release, born=TEN_DAYS_OLD)
+    verdict = look(source, [rule], RELEASE, NOW, STEP)
+    assert verdict.breach is None and not verdict.healthy
+    assert verdict.no_data is not None
+    assert verdict.no_data.explanation == (
+        "messages: no data (seasonal history 1 of 4 weeks (needs 3): held until it has them)")
+    assert ("q", RELEASE - timedelta(minutes=30), RELEASE) not in source.asked
+
+
+def test_history_that_cannot_be_fetched_counts_as_short_and_the_reason_says_why() -> None:
+    class OldWeeksDown(Recorded):
+        def fetch(self, query: str, start: datetime, end: datetime, step_s: float) -> Series:
+            if start < RELEASE - timedelta(days=10):
+                raise TimeoutError("range query timed out")
+            return super().fetch(query, start, end, step_s)
+
+    verdict = look(OldWeeksDown(broken_after_release), [SEASONAL], RELEASE, NOW, STEP)
+    assert verdict.breach is not None
+    assert verdict.breach.reason.endswith(
+        "seasonal history 1 of 4 weeks (needs 3; TimeoutError: range query timed out): "
+        "trailing 30 min baseline")
+
+
+def test_a_fallback_without_a_trailing_window_is_no_data_with_both_reasons() -> None:
+    source = Young(broken_after_release, born=RELEASE + timedelta(seconds=1))  # born with it
+    verdict = look(source, [SEASONAL], RELEASE, NOW, STEP)
+    assert verdict.no_data is not None
+    assert verdict.no_data.reason == ("no baseline to compare with; seasonal history 0 of 4 "
+                                      "weeks (needs 3): trailing 30 min baseline")
+
+
 def test_every_rule_is_judged() -> None:
     source = Recorded(broken_after_release)
     rules = [MetricRule(name="errors", query="e", min_ratio=0.1),
