@@ -245,6 +245,10 @@ class FleetStatus:
     # Pipeline times when 50% and 95% of hosts had converged.
     half_at: datetime | None = None
     p95_at: datetime | None = None
+    # The oldest release a host may still run: every host has started `floor` or a newer
+    # release. It lets a release overtaken mid-rollout by a newer one know when its commits
+    # are on every host. None: the driver cannot tell.
+    floor: int | None = None
 
     @property
     def all_started(self) -> bool:

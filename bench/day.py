@@ -83,7 +83,7 @@ x-day: &day
   stall: {{halts: 3}}
   notify: {{console: false}}
 pipelines:
-  {train}: {{<<: *day, region: day-train, train: {{max_commits: 50}}}}
+  {train}: {{<<: *day, region: day-train, train: {{max_commits: 50, in_flight: {in_flight}}}}}
   {serial}: {{<<: *day, region: day-serial, train: {{max_commits: 1}}}}
 """
 
@@ -103,11 +103,13 @@ class Options:
     redeliver: float = 0.03  # share of pushes GitHub delivers twice
     calibration_releases: int = 6
     serial: bool = True
+    in_flight: int = 12  # the train's releases in flight at once, each with its own pre-prod
 
     def pipelines_yaml(self) -> str:
         return PIPELINES.format(repo=REPO, branch=BRANCH, seed=self.seed, hosts=self.hosts,
                                 gate_fail=self.gate_fail, breach=self.breach,
-                                lookback=self.lookback_min, train=TRAIN, serial=SERIAL)
+                                lookback=self.lookback_min, train=TRAIN, serial=SERIAL,
+                                in_flight=self.in_flight)
 
 
 # --- merges in, through the GitHub intake ------------------------------------------------
@@ -442,8 +444,8 @@ def _problems(day: Day, releases: list[Release], by_sha: dict[str, list[Release]
         if len(twice) > 1:
             problems.append(f"{merge.sha[:7]} shipped twice: "
                             f"{', '.join(r.name for r in twice)}")
-    stuck = [r for r in releases if r.state not in SHIPPED | {State.HALTED, State.FAILED,
-                                                               State.ROLLED_BACK}]
+    stuck = [r for r in releases if r.state not in SHIPPED | {
+        State.HALTED, State.FAILED, State.ROLLED_BACK, State.SUPERSEDED}]
     problems += [f"{r.name} left {r.state}" for r in stuck]
     return problems
 
@@ -658,6 +660,8 @@ def main() -> None:
     parser.add_argument("--gate-fail", type=float, default=0.03)
     parser.add_argument("--breach", type=float, default=0.03)
     parser.add_argument("--unlock-after", type=float, default=15.0, help="minutes")
+    parser.add_argument("--in-flight", type=int, default=12,
+                        help="the train's releases in flight at once (1: one at a time)")
     parser.add_argument("--no-serial", action="store_true", help="the release train only")
     parser.add_argument("--quick", action="store_true", help="a 1-hour day at ×120")
     args = parser.parse_args()
@@ -668,7 +672,7 @@ def main() -> None:
                                                                           else 4.0),
         speed=args.speed or (120.0 if args.quick else 60.0), seed=args.seed, hosts=args.hosts,
         gate_fail=args.gate_fail, breach=args.breach, unlock_after_min=args.unlock_after,
-        serial=not args.no_serial)
+        serial=not args.no_serial, in_flight=args.in_flight)
     with tempfile.TemporaryDirectory() as workdir:
         day = asyncio.run(run_day(options, Path(workdir)))
         report(day)

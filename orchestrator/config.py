@@ -49,7 +49,8 @@ class Repo(ProviderConfig):
 
 class Preprod(ProviderConfig):
     name: str = "preprod"
-    url: str | None = Field(None, description="base URL the gates check")
+    url: str | None = Field(None, description="base URL the gates check; {slot} names the "
+                            "pre-prod of a release when train.in_flight is above 1")
     fleet: FleetConfig
     timeout: Seconds = Field(600.0, gt=0, description="deadline for pre-prod to converge")
 
@@ -78,6 +79,10 @@ class Stall(ProviderConfig):
 
 class Train(ProviderConfig):
     max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
+    in_flight: int = Field(1, ge=1, le=64, description=(
+        "releases in flight at once, each with its own pre-prod; with 1, the next release "
+        "starts when every host has started the last one. More let a release start as its "
+        "merge lands and overtake an older one on the fleet"))
 
 
 class Deadlines(ProviderConfig):
@@ -164,6 +169,19 @@ class Pipeline(ProviderConfig):
     def _unique_gates(self) -> Pipeline:
         _require_unique([g.name for g in self.gates] + ([self.ci.name] if self.ci else []))
         return self
+
+    @model_validator(mode="after")
+    def _preprod_per_release(self) -> Pipeline:
+        url = self.preprod.url
+        if self.train.in_flight > 1 and url is not None and "{slot}" not in url:
+            raise ValueError(f"train.in_flight {self.train.in_flight} gives every release in "
+                             f"flight its own pre-prod, so preprod.url must name it with "
+                             f"{{slot}} (it is {url!r})")
+        return self
+
+    def preprod_url(self, slot: int) -> str | None:
+        url = self.preprod.url
+        return url.replace("{slot}", str(slot)) if url else None
 
     def link_values(self, number: int, sha: str, slug: str = "") -> dict[str, str]:
         return {"pipeline": self.name, "region": self.region, "release": f"{self.name}-{number}",

@@ -25,11 +25,12 @@ from orchestrator.rollback import NoRollbackTarget, choose_target
 from orchestrator.runtime import PipelineRuntime
 from orchestrator.slugs import BuildFailed
 from orchestrator.store import Release, Rollback
-from shiptypes import FleetDriver, FleetStatus, GateResult, Link, PreprodTarget
+from shiptypes import FleetDriver, FleetStatus, GateResult, Link
 
 TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retries": 0}
 FLOW = {"persist_result": False, "validate_parameters": False}
 TAKEN_OVER = "the fleet was taken over by"
+OVERTAKEN = "overtaken by"
 
 
 # --- release -----------------------------------------------------------------------------
@@ -59,10 +60,14 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) 
         await build_task(rt.name, release_id)
     except BuildFailed as error:
         return _fail(rt, release_id, str(error))
+    if superseded := _superseded(rt, release_id):
+        return superseded
     _stage(rt, release_id, State.PREPROD)
     trouble = await preprod_task(rt.name, release_id)
     if trouble:
         return await _halt(rt, release_id, "preprod", trouble)
+    if superseded := _superseded(rt, release_id):
+        return superseded
     _stage(rt, release_id, State.GATING)
     results = await asyncio.gather(*(gate_task(rt.name, release_id, g.name) for g in rt.gates),
                                    *([ci] if ci else []))
@@ -77,9 +82,34 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) 
     trouble = await promote_task(rt.name, release_id)
     if trouble:
         return await halt_promotion(rt, release_id, trouble)
+    return went_live(rt, release_id)
+
+
+def went_live(rt: PipelineRuntime, release_id: int, detail: str | None = None,
+              actor: str = "ship") -> State:
+    """Every host runs the release or a newer one: live, unless a newer one went live
+    first (then it carries this one's commits)."""
     release = rt.store.go_live(release_id)
-    rt.notify("live", f"{release.name} is live on every host ({_short(release)})", release)
+    if release.state == State.SUPERSEDED:
+        rt.notify("superseded", f"{release.name} superseded: {release.reason}", release,
+                  actor=actor)
+        return State.SUPERSEDED
+    rt.notify("live", f"{release.name} is live on every host ({detail or _short(release)})",
+              release, actor=actor)
     return State.LIVE
+
+
+def _superseded(rt: PipelineRuntime, release_id: int) -> State | None:
+    """Stop a release that a newer one overtook on its way: the fleet would only go back.
+    Its commits are in the newer release's slug (a later commit of the same branch)."""
+    newer = rt.store.overtaken_by(release_id)
+    if newer is None:
+        return None
+    release = rt.store.move(release_id, State.SUPERSEDED,
+                            reason=f"{newer.name} reached the fleet first: it, or the "
+                            "release after it, carries these commits")
+    rt.notify("superseded", f"{release.name} superseded: {release.reason}", release)
+    return State.SUPERSEDED
 
 
 def _stage(rt: PipelineRuntime, release_id: int, state: State) -> Release:
@@ -131,6 +161,10 @@ async def _begin_promotion(rt: PipelineRuntime, release_id: int) -> State | None
         if claim.won:
             rt.notify("stage", f"{claim.release.name} promoting to {rt.name}", claim.release)
             return None
+        if claim.release.state == State.SUPERSEDED:
+            rt.notify("superseded", f"{claim.release.name} superseded: {claim.reason}",
+                      claim.release)
+            return State.SUPERSEDED
         if claim.lock is not None:
             return await _halt(rt, release_id, "lock", claim.reason)
         if rt.clock.now() >= deadline:
@@ -163,10 +197,11 @@ async def preprod_task(pipeline: str, release_id: int) -> str | None:
     """Deploy the slug to pre-prod and wait until it serves. Returns why not, or None."""
     rt = runtime.current().pipeline(pipeline)
     release = rt.store.release(release_id)
-    await asyncio.to_thread(rt.preprod.publish, release.ref())
+    preprod = rt.preprod_for(release)
+    await asyncio.to_thread(preprod.publish, release.ref())
     deadline = rt.clock.now() + timedelta(seconds=rt.config.preprod.timeout)
     while True:
-        status = await asyncio.to_thread(rt.preprod.observe)
+        status = await asyncio.to_thread(preprod.observe)
         if status.failed:
             reasons = "; ".join(f"{f.host}: {f.reason}" for f in status.failures[:3])
             return f"pre-prod did not boot the release ({reasons})"
@@ -182,7 +217,7 @@ async def gate_task(pipeline: str, release_id: int, gate_name: str) -> GateResul
     rt = runtime.current().pipeline(pipeline)
     gate = next(g for g in [*rt.gates, rt.ci] if g is not None and g.name == gate_name)
     release = rt.store.release(release_id)
-    target = PreprodTarget(rt.config.preprod.name, rt.config.preprod.url)
+    target = rt.preprod_target(release.preprod_slot)
     began = rt.clock.now()
     try:
         result = await asyncio.to_thread(gate.run, release.ref(), target)
@@ -223,6 +258,13 @@ async def until_every_host_started(rt: PipelineRuntime, release: Release,
     record the rollout. When too many hosts failed, they are returned to `previous`."""
     status = await _until_started(rt, release, rt.fleet)
     rollout_id = rt.store.record_rollout(release.id, "promote", published_at, status)
+    if _overtook(status, release):
+        # A newer release of this pipeline was published meanwhile; this one is on every
+        # host once each has started it or the newer one.
+        if status.floor is not None and status.floor >= release.number:
+            return Started(None, rollout_id, status)
+        return Started(f"{OVERTAKEN} #{status.release} before every host had started it",
+                       rollout_id, status)
     if status.release != release.number:
         # A rollback published its target meanwhile: the fleet is its, nothing to revert.
         return Started(f"{TAKEN_OVER} release #{status.release} (a rollback) before every "
@@ -235,6 +277,10 @@ async def until_every_host_started(rt: PipelineRuntime, release: Release,
 
 async def halt_promotion(rt: PipelineRuntime, release_id: int, trouble: str) -> State:
     """Halt a promotion that did not reach every host, naming what stopped it."""
+    if trouble.startswith(OVERTAKEN):
+        release = rt.store.move(release_id, State.SUPERSEDED, reason=trouble)
+        rt.notify("superseded", f"{release.name} superseded: {trouble}", release)
+        return State.SUPERSEDED
     by = "rollback" if trouble.startswith(TAKEN_OVER) else "rollout"
     return await _halt(rt, release_id, by, trouble)
 
@@ -245,10 +291,20 @@ async def _until_started(rt: PipelineRuntime, release: Release, fleet: FleetDriv
     while True:
         status = await asyncio.to_thread(fleet.observe)
         rt.report_progress(release, "starting", status)
-        if (status.all_started or _too_many_failed(rt, status) or rt.clock.now() >= deadline
-                or status.release != release.number):
+        if _overtook(status, release):
+            if status.floor is None or status.floor >= release.number:
+                return status
+        elif (status.all_started or _too_many_failed(rt, status)
+              or status.release != release.number):
+            return status
+        if rt.clock.now() >= deadline:
             return status
         await rt.clock.wait(rt.poll_s)
+
+
+def _overtook(status: FleetStatus, release: Release) -> bool:
+    """A newer release of the pipeline was published after this one."""
+    return status.release is not None and status.release > release.number
 
 
 def _too_many_failed(rt: PipelineRuntime, status: FleetStatus) -> bool:

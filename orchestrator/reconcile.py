@@ -128,12 +128,12 @@ async def _reconcile_pipeline(ship: Ship, name: str, take_over: bool,
     rollback = store.pipeline_state(name).rollback
     if rollback is not None:
         found.append(await _settle_rollback(ship, name, rollback, take_over))
-    in_flight = store.pipeline_state(name).in_flight
-    if in_flight is not None:
+    flights = store.pipeline_state(name).flights
+    for in_flight in reversed(flights):  # oldest first, as they would have promoted
         found.append(await _settle_in_flight(ship, name, in_flight, take_over, watch))
     if watch:
         rolling_back = store.pipeline_state(name).rollback
-        settled = {in_flight.id} if in_flight else set()
+        settled = {in_flight.id for in_flight in flights}
         for release in store.releases(name, limit=50):
             if release.state in WATCHED and release.id not in settled and not (
                     rolling_back and rolling_back.from_id == release.id):
@@ -314,7 +314,7 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
     if state.lock is not None:
         return await _stop_promotion(rt, release, previous, "orchestrator restarted "
                                      f"mid-promotion and the pipeline is {state.lock.describe()}")
-    if status.release != release.number:
+    if status.release is None or status.release < release.number:  # newer: it overtook
         told = "the fleet reports no release" if status.release is None else (
             f"the fleet reports #{status.release}")
         if previous is not None and status.release == previous.number:
@@ -326,10 +326,8 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
     started = await flows.until_every_host_started(rt, release, previous, published_at)
     if started.trouble:
         return (await flows.halt_promotion(rt, release_id, started.trouble)).value
-    release = rt.store.go_live(release_id)
-    rt.notify("live", f"{release.name} is live on every host (promotion resumed after a "
-              f"restart: {_hosts(started.status)})", release, actor=ACTOR)
-    return State.LIVE.value
+    detail = f"promotion resumed after a restart: {_hosts(started.status)}"
+    return flows.went_live(rt, release_id, detail, actor=ACTOR).value
 
 
 async def _stop_promotion(rt: PipelineRuntime, release: Release, previous: Release | None,
@@ -395,8 +393,9 @@ def overdue(ship: Ship) -> list[Overdue]:
 
 def _stays(store: Store, name: str, watch: float) -> Iterable[tuple[Release, str, datetime]]:
     state = store.pipeline_state(name)
-    if state.in_flight is not None and (since := state.in_flight.entered(state.in_flight.state)):
-        yield state.in_flight, state.in_flight.state.value, since
+    for flight in state.flights:
+        if since := flight.entered(flight.state):
+            yield flight, flight.state.value, since
     for release in store.releases(name, limit=50):
         live_at = release.entered(State.LIVE)
         if release.state == State.LIVE and live_at:
@@ -491,7 +490,8 @@ def _claims(row: Any, releases: dict[int, Any], locks: list[int],
             running: list[int]) -> list[str]:
     problems = []
     holding = [r.id for r in releases.values() if State(r.state) in HOLDS_PIPELINE]
-    if holding != ([row.in_flight_id] if row.in_flight_id else []):
+    # The pipeline names its newest claim while that one holds it; older ones may fly on.
+    if row.in_flight_id is not None and row.in_flight_id not in holding:
         problems.append(f"in flight: the pipeline says {row.in_flight_id}, releases {holding}")
     if locks != ([row.lock_id] if row.lock_id else []):
         problems.append(f"lock: the pipeline says {row.lock_id}, open locks {locks}")

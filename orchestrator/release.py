@@ -3,10 +3,12 @@
     queued → building → preprod → gating → promoting → live → watching → done
                  ↘          ↘          ↘          ↘            ↘         ↘
                   failed     halted     halted     halted    rolled_back  rolled_back
+                 ↘          ↘          ↘          ↘
+                  superseded (a newer release reached the fleet first and carries its commits)
 
-A release is *in flight* (it holds its pipeline) from building until it is live or has
-stopped; watching overlaps the next release, which is what lets a pipeline ship many times
-an hour.
+A release is *in flight* (it holds one of its pipeline's `train.in_flight` places) from
+building until it is live or has stopped; watching overlaps the next release, which is what
+lets a pipeline ship many times an hour.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class State(StrEnum):
 
 
 PIPELINE_STAGES = (State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING)
-_BEFORE_LIVE = {State.FAILED, State.HALTED}
+_BEFORE_LIVE = {State.FAILED, State.HALTED, State.SUPERSEDED}
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.BUILDING, State.SUPERSEDED, State.FAILED}),
@@ -49,7 +51,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.FAILED: frozenset(),
 }
 
-# States in which a release holds its pipeline: no other release may start.
+# States in which a release holds a place in its pipeline: with `train.in_flight` of them
+# taken, no other release may start.
 IN_FLIGHT = frozenset({State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING})
 # A release holds its pipeline from the moment it is queued (the train is claimed) until it
 # is live or has stopped.

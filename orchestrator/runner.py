@@ -41,6 +41,7 @@ class Runner:
         self.ship = ship
         self._trains: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
+        self._wakes: dict[str, asyncio.Event] = {}
         self._promoting: dict[str, int] = {}  # pipeline → number of the release rolling out
 
     def kick(self, pipeline: str, actor: str = "ship") -> asyncio.Task:
@@ -48,6 +49,7 @@ class Runner:
         or tell the running loop to look again. Call from the event loop's thread."""
         self._dirty.add(pipeline)
         self._build_ahead(pipeline)
+        self._wakes.setdefault(pipeline, asyncio.Event()).set()
         train = self._trains.get(pipeline)
         if train is None or train.done():
             train = asyncio.create_task(self._train(pipeline, actor))
@@ -55,12 +57,27 @@ class Runner:
         return train
 
     async def _train(self, pipeline: str, actor: str) -> None:
-        """Ship release after release while merges keep arriving. The loop ends only when
-        a pass found nothing to do and nothing was kicked meanwhile."""
-        while pipeline in self._dirty:
-            self._dirty.discard(pipeline)
-            while (await self.ship_next(pipeline, actor, watch=False)).started:
-                pass
+        """Start releases while merges wait and the pipeline has room (`train.in_flight`),
+        each flying on its own; look again whenever one frees its place or a merge lands.
+        The loop ends when nothing is in flight and nothing was kicked meanwhile."""
+        flights: set[asyncio.Task] = set()
+        wake = self._wakes.setdefault(pipeline, asyncio.Event())
+        while pipeline in self._dirty or flights:
+            if pipeline in self._dirty:
+                self._dirty.discard(pipeline)
+                while isinstance(release := self._claim(pipeline, actor), Release):
+                    flights.add(asyncio.create_task(self._fly(pipeline, release, watch=False)))
+            if not flights:
+                continue
+            wake.clear()
+            woken = asyncio.create_task(wake.wait())
+            done, _ = await asyncio.wait({*flights, woken}, return_when=asyncio.FIRST_COMPLETED)
+            woken.cancel()
+            for flight in done & flights:
+                flights.discard(flight)
+                self._dirty.add(pipeline)  # a place is free: what waits may start
+                if not flight.cancelled():
+                    flight.exception()  # recorded on the release by its flow already
 
     async def deploy(self, pipeline: str, commits: Iterable[Commit], actor: str,
                      watch: bool = True) -> DeployOutcome:
@@ -71,17 +88,29 @@ class Runner:
         return await self.ship_next(pipeline, actor, watch)
 
     async def ship_next(self, pipeline: str, actor: str, watch: bool = True) -> DeployOutcome:
+        claim = self._claim(pipeline, actor)
+        if not isinstance(claim, Release):
+            return claim
+        return await self._fly(pipeline, claim, watch)
+
+    def _claim(self, pipeline: str, actor: str) -> Release | DeployOutcome:
+        """Start the next release train if the pipeline has room: the release, or why not."""
         rt = self._runtime(pipeline)
         ahead = _builds_ahead(rt).ready_for(rt)
         claim = rt.store.start_release(pipeline, len(ahead.release.commits) if ahead
-                                       else rt.config.train.max_commits, actor)
+                                       else rt.config.train.max_commits, actor,
+                                       rt.config.train.in_flight)
         if not claim.won:
             if claim.lock is not None:
                 rt.notify("refused", f"deploy by {actor} refused: {claim.reason}", actor=actor)
             return DeployOutcome(False, claim.reason, claim.release, lock=claim.lock)
-        release = claim.release
         if ahead:
             ahead.claimed = True
+        return claim.release
+
+    async def _fly(self, pipeline: str, release: Release, watch: bool) -> DeployOutcome:
+        """Drive a claimed release until its place in the pipeline is free; then watch it."""
+        rt = self.ship.pipeline(pipeline)
         try:
             state = await flows.release_flow(pipeline, release.id)
         finally:
@@ -126,7 +155,7 @@ class Runner:
         if not commits:
             return
         ref = ReleaseRef(0, pipeline, number + 1, commits[-1].sha, None, tuple(commits))
-        target = PreprodTarget(rt.config.preprod.name, rt.config.preprod.url)
+        target = rt.preprod_target(0)
         ci = _background(rt.ci.gate.run, ref, target) if isinstance(rt.ci, ChecksAhead) \
             else None
         builds.ahead = Ahead(ref, _background(builds.builder.build, ref), ci)

@@ -30,6 +30,7 @@ from shiptypes import (
     Gate,
     Link,
     MetricSource,
+    PreprodTarget,
     ProviderContext,
     WallClock,
 )
@@ -72,10 +73,27 @@ class PipelineRuntime:
     poll_s: float = 5.0  # pipeline seconds between fleet observations
     watches: set[asyncio.Task] = field(default_factory=set)
     progress: list[ProgressHook] = field(default_factory=list)
+    # Makes the pre-prod of slot 1, 2, … (`train.in_flight` above 1) on first use.
+    preprod_maker: Callable[[int], FleetDriver] | None = None
+    more_preprods: dict[int, FleetDriver] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.config.name
+
+    def preprod_for(self, release: Release) -> FleetDriver:
+        """The release's own pre-prod: slot 0 is `preprod`, others are made when needed."""
+        slot = release.preprod_slot
+        if slot == 0 or self.preprod_maker is None:
+            return self.preprod
+        if slot not in self.more_preprods:
+            self.more_preprods[slot] = self.preprod_maker(slot)
+        return self.more_preprods[slot]
+
+    def preprod_target(self, slot: int) -> PreprodTarget:
+        name = self.config.preprod.name
+        return PreprodTarget(name if slot == 0 else f"{name}-{slot}",
+                             self.config.preprod_url(slot))
 
     def links(self, release: Release) -> tuple[Link, ...]:
         values = self.config.link_values(release.number, release.sha,
@@ -131,7 +149,8 @@ class Ship:
         """Stop what providers started in this process: a local fleet's agents, a local
         heartbeat source's sampler. Simulated and remote providers have nothing to stop."""
         for runtime in self._pipelines.values():
-            for part in (runtime.fleet, runtime.preprod, runtime.source):
+            for part in (runtime.fleet, runtime.preprod, *runtime.more_preprods.values(),
+                         runtime.source):
                 stop = getattr(part, "close", None) or getattr(part, "stop", None)
                 if callable(stop):
                     stop()
@@ -152,9 +171,8 @@ class Ship:
             builder=make(BUILDERS, pipeline.build),  # type: ignore[arg-type]
             ci=make(GATES, pipeline.ci) if pipeline.ci else None,  # type: ignore[arg-type]
             gates=[make(GATES, g) for g in pipeline.gates],  # type: ignore[misc]
-            # Pre-prod is a host or two: staggering it would only make every release wait.
-            preprod=make(DRIVERS, pipeline.preprod.fleet,  # type: ignore[arg-type]
-                         pipeline.rollout.model_copy(update={"stagger": 0.0})),
+            preprod=self._preprod(pipeline, make, 0),
+            preprod_maker=lambda slot: self._preprod(pipeline, make, slot),
             fleet=make(DRIVERS, pipeline.fleet, pipeline.rollout),  # type: ignore[arg-type]
             source=make(SOURCES, pipeline.heartbeat.source),  # type: ignore[arg-type]
             broadcast=Broadcast(notifiers, self.store),
@@ -166,6 +184,16 @@ class Ship:
         if callable(start):
             start()
         return runtime
+
+    @staticmethod
+    def _preprod(pipeline: Pipeline, make: Callable[..., object], slot: int) -> FleetDriver:
+        """Pre-prod number `slot`; a simulated one draws its own timings."""
+        fleet = pipeline.preprod.fleet
+        if slot and getattr(fleet, "seed", None) is not None:
+            fleet = fleet.model_copy(update={"seed": fleet.seed + slot})  # type: ignore
+        # Pre-prod is a host or two: staggering it would only make every release wait.
+        return make(DRIVERS, fleet,  # type: ignore[return-value]
+                    pipeline.rollout.model_copy(update={"stagger": 0.0}))
 
     def _configured(self, pipeline: Pipeline, context: ProviderContext) -> list[Notifier]:
         """The notifiers pipelines.yaml asks for. Those that talk to a vendor send from a

@@ -60,6 +60,8 @@ releases = sa.Table(
     sa.Column("halted_by", sa.String(16)),  # gate | rollout | lock | hold
     sa.Column("flow_run_id", sa.String(64)),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    # Which pre-prod the release uses, of the pipeline's `train.in_flight` (migration 0003).
+    sa.Column("preprod_slot", sa.Integer, nullable=False, server_default="0"),
     sa.UniqueConstraint("pipeline", "number", name="uq_release_number"),
 )
 

@@ -38,6 +38,7 @@ from orchestrator.release import IN_FLIGHT, State
 from orchestrator.runner import DeployOutcome, Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.slack_actions import SlackActions
+from orchestrator.store import Release
 
 if TYPE_CHECKING:
     from orchestrator.deployments import PrefectServing
@@ -54,14 +55,17 @@ class ServeRunner(Runner):
         self.stopping = False
         self._shipping: dict[asyncio.Task, str] = {}
 
-    async def ship_next(self, pipeline: str, actor: str, watch: bool = True) -> DeployOutcome:
+    def _claim(self, pipeline: str, actor: str) -> Release | DeployOutcome:
         if self.stopping:
             return DeployOutcome(False, "ship serve is stopping: merges wait for its restart")
+        return super()._claim(pipeline, actor)
+
+    async def _fly(self, pipeline: str, release: Release, watch: bool) -> DeployOutcome:
         task = asyncio.current_task()
         assert task is not None
         self._shipping[task] = pipeline
         try:
-            return await super().ship_next(pipeline, actor, watch)
+            return await super()._fly(pipeline, release, watch)
         finally:
             self._shipping.pop(task, None)
 
@@ -89,9 +93,12 @@ class ServeRunner(Runner):
         return sorted({name for _, name in cut})
 
     def _interrupted(self, pipeline: str) -> None:
-        rt = self.ship.pipeline(pipeline)
-        release = rt.store.pipeline_state(pipeline).in_flight
-        if release is None or release.state not in IN_FLIGHT | {State.QUEUED}:
+        for release in self.ship.store.pipeline_state(pipeline).flights:
+            self._cut(release)
+
+    def _cut(self, release: Release) -> None:
+        rt = self.ship.pipeline(release.pipeline)
+        if release.state not in IN_FLIGHT | {State.QUEUED}:
             return
         reason = f"ship serve stopped while the release was {release.state}"
         release = rt.store.move(release.id, State.FAILED, reason=reason)

@@ -50,6 +50,7 @@ class Release:
     reason: str | None
     halted_by: str | None
     created_at: datetime
+    preprod_slot: int = 0
 
     @property
     def name(self) -> str:
@@ -120,11 +121,12 @@ class Event:
 class PipelineState:
     name: str
     live: Release | None
-    in_flight: Release | None
+    in_flight: Release | None  # the newest release in flight
     lock: Lock | None
     rollback: Rollback | None
     hold_reason: str | None
     pending_merges: int
+    flights: tuple[Release, ...] = ()  # every release in flight, newest first
 
 
 @dataclass(frozen=True)
@@ -208,10 +210,12 @@ class Store:
             pending = conn.execute(
                 sa.select(sa.func.count()).select_from(t.merges)
                 .where(t.merges.c.pipeline == name, t.merges.c.release_id.is_(None))).scalar_one()
+            flights = _flights(conn, name)
             return PipelineState(
                 name=name,
                 live=_release(conn, row.live_id),
-                in_flight=_release(conn, row.in_flight_id),
+                in_flight=flights[0] if flights else None,
+                flights=flights,
                 lock=_lock(conn, row.lock_id),
                 rollback=_rollback(conn, row.rollback_id),
                 hold_reason=row.hold_reason,
@@ -257,10 +261,17 @@ class Store:
 
     def begin_promotion(self, release_id: int, actor: str = "ship") -> Claim:
         """Move a gated release to promoting unless the pipeline is locked or held, checked
-        in the same transaction so a lock taken a moment earlier always wins."""
+        in the same transaction so a lock taken a moment earlier always wins. A release that
+        a newer one overtook is superseded instead: the newer carries its commits."""
         with self._tx() as conn:
             release = _release(conn, release_id)
-            row = _ensure_pipeline(conn, release.pipeline)
+            row = _ensure_pipeline(conn, release.pipeline, lock=True)
+            newer = _overtaken_by(conn, release)
+            if newer is not None:
+                reason = (f"{newer.name} reached the fleet first: it, or the release after "
+                          "it, carries these commits")
+                return Claim(False, release=self._move(conn, release_id, State.SUPERSEDED,
+                                                       actor, reason=reason), reason=reason)
             if row.lock_id is not None:
                 lock = _lock(conn, row.lock_id)
                 return Claim(False, lock=lock, release=release, reason=lock.describe())
@@ -295,20 +306,28 @@ class Store:
                 .order_by(t.merges.c.merged_at, t.merges.c.id).limit(limit)).all()
         return [Commit(m.sha, m.author, m.message, m.merged_at) for m in rows]
 
-    def start_release(self, pipeline: str, max_commits: int, actor: str) -> Claim:
-        """Claim the pipeline and create a release carrying the oldest pending merges (a
-        release train). Refused while locked, while another release is in flight, or with
-        nothing to ship."""
+    def overtaken_by(self, release_id: int) -> Release | None:
+        """The newer release that reached the fleet while this one was on its way, if any."""
+        with self._tx() as conn:
+            return _overtaken_by(conn, _release(conn, release_id))
+
+    def start_release(self, pipeline: str, max_commits: int, actor: str,
+                      in_flight: int = 1) -> Claim:
+        """Claim a place in the pipeline and create a release carrying the oldest pending
+        merges (a release train), with a pre-prod of its own. Refused while locked, while
+        `in_flight` releases are in flight already, or with nothing to ship."""
         with self._tx() as conn:
             # Locked, so that of two racing starters the second reads the first's claim.
             row = _ensure_pipeline(conn, pipeline, lock=True)
             if row.lock_id is not None:
                 lock = _lock(conn, row.lock_id)
                 return Claim(False, lock=lock, reason=lock.describe() if lock else "locked")
-            if row.in_flight_id is not None:
-                busy = _release(conn, row.in_flight_id)
-                return Claim(False, release=busy, reason=f"{busy.name} is in flight" if busy
-                             else "another release is in flight")
+            flights = _flights(conn, pipeline)
+            if len(flights) >= in_flight:
+                names = ", ".join(r.name for r in flights)
+                return Claim(False, release=flights[0],
+                             reason=f"{names} {'is' if len(flights) == 1 else 'are'} in flight")
+            slot = min(set(range(in_flight)) - {r.preprod_slot for r in flights})
             pending = conn.execute(
                 sa.select(t.merges).where(t.merges.c.pipeline == pipeline,
                                           t.merges.c.release_id.is_(None))
@@ -321,10 +340,14 @@ class Store:
             release_id = conn.execute(t.releases.insert().values(
                 pipeline=pipeline, number=row.next_number, state=State.QUEUED.value,
                 sha=pending[-1].sha, commits=commits, stage_times={"queued": now.isoformat()},
-                created_at=now)).inserted_primary_key[0]
+                created_at=now, preprod_slot=slot)).inserted_primary_key[0]
+            # Compare-and-set on what was read: the newest claim and the lock.
             claimed = conn.execute(
                 t.pipelines.update()
-                .where(t.pipelines.c.name == pipeline, t.pipelines.c.in_flight_id.is_(None),
+                .where(t.pipelines.c.name == pipeline,
+                       t.pipelines.c.in_flight_id.is_(None) if row.in_flight_id is None
+                       else t.pipelines.c.in_flight_id == row.in_flight_id,
+                       t.pipelines.c.next_number == row.next_number,
                        t.pipelines.c.lock_id.is_(None))
                 .values(in_flight_id=release_id, next_number=row.next_number + 1)).rowcount
             if claimed != 1:
@@ -404,8 +427,15 @@ class Store:
                          .values(flow_run_id=flow_run_id))
 
     def go_live(self, release_id: int, actor: str = "ship") -> Release:
-        """Every host has started the release: it is live, and the pipeline is free."""
+        """Every host has started the release: it is live, and its place in the pipeline is
+        free. Superseded instead if a newer release that overtook it went live first: the
+        live release never goes back in time."""
         with self._tx() as conn:
+            release = _release(conn, release_id)
+            live = _release(conn, _ensure_pipeline(conn, release.pipeline, lock=True).live_id)
+            if live is not None and live.number > release.number and live.state in SHIPPED:
+                return self._move(conn, release_id, State.SUPERSEDED, actor,
+                                  reason=f"{live.name} overtook it and went live first")
             release = self._move(conn, release_id, State.LIVE, actor)
             conn.execute(t.pipelines.update().where(t.pipelines.c.name == release.pipeline)
                          .values(live_id=release_id))
@@ -845,6 +875,24 @@ def _ensure_pipeline(conn: Connection, name: str, lock: bool = False) -> Any:
     return row
 
 
+def _flights(conn: Connection, pipeline: str) -> tuple[Release, ...]:
+    rows = conn.execute(sa.select(t.releases).where(
+        t.releases.c.pipeline == pipeline,
+        t.releases.c.state.in_([s.value for s in HOLDS_PIPELINE]))
+        .order_by(t.releases.c.number.desc())).all()
+    return tuple(_to_release(r) for r in rows)
+
+
+def _overtaken_by(conn: Connection, release: Release) -> Release | None:
+    """A newer release of the pipeline that has been promoted (rolled out, live, or rolled
+    back since): this one, older, would only take the fleet back."""
+    reached = [s.value for s in (State.PROMOTING, *SHIPPED, State.ROLLED_BACK)]
+    row = conn.execute(sa.select(t.releases).where(
+        t.releases.c.pipeline == release.pipeline, t.releases.c.number > release.number,
+        t.releases.c.state.in_(reached)).order_by(t.releases.c.number.desc()).limit(1)).first()
+    return _to_release(row) if row else None
+
+
 def _release(conn: Connection, release_id: int | None) -> Release | None:
     if release_id is None:
         return None
@@ -859,7 +907,7 @@ def _to_release(row: Any) -> Release:
     slug = Slug(row.slug_id, row.slug_uri or "") if row.slug_id else None
     times = {k: datetime.fromisoformat(v) for k, v in (row.stage_times or {}).items()}
     return Release(row.id, row.pipeline, row.number, State(row.state), row.sha, commits, slug,
-                   times, row.reason, row.halted_by, row.created_at)
+                   times, row.reason, row.halted_by, row.created_at, row.preprod_slot)
 
 
 def _lock(conn: Connection, lock_id: int | None) -> Lock | None:

@@ -3,7 +3,12 @@ injection. Publishing draws every host's timeline once; observing is a few binar
 so the orchestrator's work per observation does not grow with the fleet.
 
 The default timings follow the published fleet with `stagger: 2m`: the first new request
-about 2 minutes after promotion, half the fleet in about 4.5 minutes, 95% in under 6."""
+about 2 minutes after promotion, half the fleet in about 4.5 minutes, 95% in under 6.
+
+A release published while an older one is still rolling out overtakes it: a host still
+waiting out its stagger starts the newer release at the moment it would have started the
+older one (its agent fetched the newer slug while it waited); a host already on the older
+release restarts again after a fresh stagger."""
 
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ class _Rollout:
     published_at: datetime
     hosts: int
     starts: list[float]  # sorted
+    by_host: list[float]  # each host's start, in host order
     converges: list[float]  # of hosts that succeed, sorted
     failures: list[float]  # of hosts that fail, sorted
     first_request: float | None
@@ -71,6 +77,8 @@ class SimFleet:
         self._random = random.Random(config.seed)
         self._kept: list[int] = []  # releases on disk, newest last
         self._current: _Rollout | None = None
+        self._waves: list[_Rollout] = []  # rollouts some host may not have started yet
+        self._settled: int | None = None  # the newest release every host runs or passed
 
     def publish(self, release: ReleaseRef) -> None:
         cfg = self.config
@@ -80,9 +88,11 @@ class SimFleet:
         fetch = self._spread(0.0 if kept else cfg.fetch)
         worker = self._spread(cfg.drain), self._spread(cfg.worker_boot)
         boot = self._spread(cfg.worker_boot)
+        waiting = self._waiting() if self._overtakes(release) else []
         starts, converges, failures, firsts = [], [], [], []
-        for _ in range(cfg.hosts):
-            start = fetch() + draw() * stagger
+        for host in range(cfg.hosts):
+            start = waiting[host] if waiting and waiting[host] is not None \
+                else fetch() + draw() * stagger
             starts.append(start)
             if failing and draw() < cfg.fail_share:
                 failures.append(start + boot() * 2)
@@ -90,10 +100,11 @@ class SimFleet:
             first = start + sum(d() for d in worker)
             firsts.append(first)
             converges.append(first + sum(d() for _ in range(cfg.workers - 1) for d in worker))
+        by_host = list(starts)
         for times in (starts, converges, failures):
             times.sort()
         self._current = _Rollout(
-            release.number, self._clock.now(), cfg.hosts, starts, converges, failures,
+            release.number, self._clock.now(), cfg.hosts, starts, by_host, converges, failures,
             first_request=min(firsts, default=None),
             last=max(converges[-1:] + failures[-1:], default=0.0),
             half=quantile(converges, 0.5, cfg.hosts),
@@ -101,6 +112,34 @@ class SimFleet:
         )
         if not failing:
             self._keep(release.number)
+        self._settled = self._floor()
+        self._waves = [*self._unsettled(), self._current]
+
+    def _overtakes(self, release: ReleaseRef) -> bool:
+        """A newer release overtakes the one rolling out; an older one (a rollback or a
+        revert) starts afresh, from the copy hosts keep."""
+        return self._current is not None and release.number > self._current.release
+
+    def _waiting(self) -> list[float | None]:
+        """For each host, the seconds until it starts the current rollout, None if it has."""
+        run = self._current
+        if run is None:
+            return []
+        elapsed = (self._clock.now() - run.published_at).total_seconds()
+        return [start - elapsed if start > elapsed else None for start in run.by_host]
+
+    def _unsettled(self) -> list[_Rollout]:
+        """The rollouts not yet started on every host, oldest first: a host that had not
+        started one when a newer one came starts the newer at the same moment, so each
+        keeps the time at which every host runs it or a newer release."""
+        now = self._clock.now()
+        return [run for run in self._waves if not _settled(run, now)]
+
+    def _floor(self) -> int | None:
+        """The newest release that every host has started, or overtaken by a newer one."""
+        now = self._clock.now()
+        return next((run.release for run in reversed(self._waves) if _settled(run, now)),
+                    self._settled)
 
     def observe(self) -> FleetStatus:
         run = self._current
@@ -122,6 +161,7 @@ class SimFleet:
             converged_at=self._at(run, run.last, elapsed),
             half_at=self._at(run, run.half, elapsed),
             p95_at=self._at(run, run.p95, elapsed),
+            floor=self._floor(),
         )
 
     def _spread(self, seconds: float) -> Callable[[], float]:
@@ -142,6 +182,10 @@ class SimFleet:
         if offset is None or offset > elapsed:
             return None
         return run.published_at + timedelta(seconds=offset)
+
+
+def _settled(run: _Rollout, now: datetime) -> bool:
+    return run.published_at + timedelta(seconds=run.starts[-1]) <= now
 
 
 def quantile(sorted_times: Sequence[T], share: float, hosts: int) -> T | None:

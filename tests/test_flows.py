@@ -225,3 +225,33 @@ def test_a_source_without_data_holds_promotions_and_never_rolls_back(tmp_path: P
     assert store.rollbacks("us") == []
     assert "no data" in store.pipeline_state("us").hold_reason
     assert "watch_ok" not in recorder.kinds() and "no_data" in recorder.kinds()
+
+
+def test_releases_in_flight_side_by_side_ship_in_order(tmp_path: Path) -> None:
+    """With room for three, each merge starts its own release at once; a newer release
+    may overtake an older one on the fleet, never the other way round."""
+    runner, store, recorder = world(tmp_path, {"train.in_flight": 3, "build.duration": 30,
+                                               "rollout.stagger": 30})
+
+    async def three_merges() -> None:
+        clock = runner.ship.clock
+        for n in (1, 2, 3):
+            store.record_merge("us", Commit(f"{n:040x}", "ann", f"change {n}", clock.now()))
+            train = runner.kick("us")
+            await clock.wait(10)
+        await train
+        await runner.settle("us")
+
+    asyncio.run(three_merges())
+    releases = sorted(store.releases("us"), key=lambda r: r.number)
+    assert [len(r.commits) for r in releases] == [1, 1, 1]  # nobody waited for a place
+    first_live = releases[0].entered(State.LIVE) or releases[0].entered(State.SUPERSEDED)
+    assert releases[1].entered(State.QUEUED) < first_live  # they overlapped
+    assert store.pipeline_state("us").live.number == 3
+    assert store.pipeline_state("us").flights == () and store.pending_merges("us", 9) == []
+    for older in releases[:2]:
+        assert older.state in (State.DONE, State.SUPERSEDED), older.describe()
+    history = [e.number for e in store.live_history("us")]
+    assert history == sorted(history) and history[-1] == 3
+    slots = {r.preprod_slot for r in releases}
+    assert len(slots) > 1  # each flew with its own pre-prod

@@ -285,3 +285,48 @@ def test_of_an_auto_and_a_manual_rollback_in_two_processes_exactly_one_runs(stor
     winner = next(r for r in results if r["won"])
     assert all(r["holder"] == winner["holder"] for r in results)
     assert len(store.rollbacks("us")) == 1
+
+
+def test_releases_fly_side_by_side_up_to_in_flight_each_with_its_own_preprod(
+        store: Store) -> None:
+    claims = []
+    for n in (1, 2, 3):
+        store.record_merge("us", commit(n))
+        claims.append(store.start_release("us", 50, "test", in_flight=2))
+    first, second, third = claims
+    assert first.won and second.won and not third.won
+    assert (first.release.preprod_slot, second.release.preprod_slot) == (0, 1)
+    assert third.reason == "us#2, us#1 are in flight"
+    assert [r.number for r in store.pipeline_state("us").flights] == [2, 1]
+
+    store.move(first.release.id, State.BUILDING)
+    store.move(first.release.id, State.FAILED, reason="build broke")
+    again = store.start_release("us", 50, "test", in_flight=2)
+    assert again.won and again.release.preprod_slot == 0  # the freed pre-prod
+    assert [c.sha for c in again.release.commits] == [commit(3).sha]
+
+
+def test_an_older_release_overtaken_by_a_newer_one_is_superseded_not_promoted(
+        store: Store) -> None:
+    ids = []
+    for n in (1, 2, 3):
+        store.record_merge("us", commit(n))
+        claim = store.start_release("us", 50, "test", in_flight=3)
+        for state in (State.BUILDING, State.PREPROD, State.GATING):
+            store.move(claim.release.id, state)
+        ids.append(claim.release.id)
+    one, two, three = ids
+    assert store.begin_promotion(two).won
+    assert store.overtaken_by(one).number == 2
+
+    late = store.begin_promotion(one)  # would take the fleet back to an older release
+    assert not late.won and late.release.state == State.SUPERSEDED
+    assert "us#2 reached the fleet first" in late.reason
+
+    assert store.begin_promotion(three).won  # overtakes #2 mid-rollout
+    assert store.go_live(three).state == State.LIVE
+    overtaken = store.go_live(two)  # every host has 2 or newer, but 3 went live first
+    assert overtaken.state == State.SUPERSEDED and "us#3" in overtaken.reason
+    assert store.pipeline_state("us").live.number == 3
+    assert [e.number for e in store.live_history("us")] == [3]
+    assert store.pipeline_state("us").flights == ()

@@ -10,7 +10,8 @@ from typing import Any
 
 from markupsafe import Markup
 
-from heartbeat.detector import MetricRule, baseline_values, bounds, history_shifts
+from heartbeat.detector import MetricRule, bounds
+from heartbeat.watcher import expectation
 from heartbeat.watcher import fetch_or_no_data as fetch_safely
 from orchestrator import report
 from orchestrator.dora import PERIODS, Dora, History
@@ -217,10 +218,12 @@ def _heartbeat(rt: PipelineRuntime, rule: MetricRule, live: datetime, end: datet
         return HeartbeatView(rule.name, rule.query, None,
                              f"no data: {series.error or 'the source returned no points'}")
     observed = Series(tuple(p for p in series.points if p.at >= live))
-    expected = baseline_values(observed, _history(rt, rule, live, end), rule.baseline, step)
-    level = [(p.at, b) for p, b in zip(observed.points, expected, strict=False) if b is not None]
+    # The baseline the watch judged against: the rule's own, or its trailing fallback.
+    expected = expectation(rt.source, rule, observed, live, end, step)
+    level = [(p.at, b) for p, b in zip(observed.points, expected.values, strict=False)
+             if b is not None]
     lines = [Line("observed", [(p.at, p.value) for p in series.points], f"{rule.name} observed"),
-             Line("baseline", level, f"baseline ({rule.baseline.kind})"),
+             Line("baseline", level, f"baseline ({expected.note or rule.baseline.kind})"),
              Line("threshold", [(t, bounds(rule, b)[0]) for t, b in level],
                   f"breach below {rule.min_ratio:.0%} of baseline, or lower where the "
                   "baseline is noisy")]
@@ -233,16 +236,6 @@ def _heartbeat(rt: PipelineRuntime, rule: MetricRule, live: datetime, end: datet
     chart = charts.heartbeat(lines, marked, start, end, rule.name)
     note = "" if level else "no baseline to compare with"
     return HeartbeatView(rule.name, rule.query, chart, note)
-
-
-def _history(rt: PipelineRuntime, rule: MetricRule, live: datetime, end: datetime) -> list[Series]:
-    """The series the baseline comes from, fetched as the watch fetched them."""
-    step = rt.config.heartbeat.window
-    if rule.baseline.kind == "trailing":
-        window = timedelta(seconds=rule.baseline.window)
-        return [fetch_safely(rt.source, rule.query, live - window, live, step)]
-    return [fetch_safely(rt.source, rule.query, live - shift, end - shift, step)
-            for shift in history_shifts(rule.baseline)]
 
 
 def _breach_mark(event: Event, away: Sequence[Rollback]) -> Mark:

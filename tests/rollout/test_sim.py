@@ -159,3 +159,24 @@ def test_default_timings_follow_the_published_fleet() -> None:
 def test_observe_before_publish_knows_only_the_fleet_size() -> None:
     status = fleet(ManualClock(), hosts=42).observe()
     assert (status.release, status.hosts, status.started, status.done) == (None, 42, 0, False)
+
+
+def test_a_newer_release_overtakes_one_still_rolling_out() -> None:
+    """Hosts still waiting out their stagger take the newer release at the same moment;
+    the older is on every host (or overtaken there) exactly when its own rollout would be."""
+    clock = ManualClock()
+    sim = fleet(clock, stagger=100, hosts=400, fetch=10, workers=1, drain=1, worker_boot=5)
+    sim.publish(release(1))
+    start = clock.now()
+    alone = at(clock, sim, start, 0)
+    assert alone.floor is None  # nothing had settled before release 1
+    all_started_1 = at(clock, sim, start, 200).all_started_at
+    clock.at = start + timedelta(seconds=50)
+    sim.publish(release(2))
+
+    halfway = at(clock, sim, start, 60)
+    assert halfway.release == 2 and halfway.floor is None
+    assert 0 < halfway.started < 400  # the waiting hosts start 2 where they would start 1
+    settled = at(clock, sim, start, (all_started_1 - start).total_seconds())
+    assert settled.floor == 1  # every host runs 1 or 2: release 1's commits are everywhere
+    assert at(clock, sim, start, 400).floor == 2
