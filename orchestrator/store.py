@@ -638,10 +638,11 @@ class Store:
 
     def halts_in_a_row(self, pipeline: str, kinds: tuple[str, ...] = ("gate", "rollout")) -> int:
         """How many of the newest finished release attempts were halted by a gate or a
-        failed rollout (a lock is a person's decision, not a stall)."""
+        failed rollout (a lock is a person's decision, not a stall). A superseded release
+        was never judged: it neither counts nor breaks the row."""
         count = 0
         for release in self.releases(pipeline, limit=100):
-            if release.state in IN_FLIGHT or release.state == State.QUEUED:
+            if release.state in IN_FLIGHT | {State.QUEUED, State.SUPERSEDED}:
                 continue
             if release.state != State.HALTED or release.halted_by not in kinds:
                 break
