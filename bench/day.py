@@ -9,7 +9,7 @@ heartbeat; an on-call person unlocks the pipeline some minutes after each automa
 rollback. Two policies run side by side on the same merges: the release train, and a
 serial policy (one commit per release, each waiting for the previous watch to end).
 
-    .venv/bin/python bench/day.py                  # 8 hours at ×60: about 10 minutes
+    .venv/bin/python bench/day.py                  # 8 hours at ×30: about 18 minutes
     .venv/bin/python bench/day.py --quick          # 1 hour at ×120: about a minute
     .venv/bin/python bench/day.py --hours 2 --speed 20   # slower clock, less overhead
 """
@@ -93,7 +93,7 @@ class Options:
     hours: float = 8.0
     merges: float = 180.0  # in `hours`, before the burst
     burst_hour: float | None = 4.0  # the hour (from the start) at twice the rate
-    speed: float = 60.0
+    speed: float = 30.0
     seed: int = 1
     hosts: int = 300
     gate_fail: float = 0.03
@@ -654,7 +654,7 @@ def main() -> None:
                         "(default 22.5 per hour)")
     parser.add_argument("--burst-hour", type=float, help="hour at twice the rate (default 4)")
     parser.add_argument("--speed", type=float, help="pipeline seconds per real second "
-                        "(default 60; 120 with --quick)")
+                        "(default 30; 120 with --quick)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--hosts", type=int, default=300)
     parser.add_argument("--gate-fail", type=float, default=0.03)
@@ -670,7 +670,7 @@ def main() -> None:
         hours=hours, merges=args.merges or 22.5 * hours,
         burst_hour=args.burst_hour if args.burst_hour is not None else (None if args.quick
                                                                           else 4.0),
-        speed=args.speed or (120.0 if args.quick else 60.0), seed=args.seed, hosts=args.hosts,
+        speed=args.speed or (120.0 if args.quick else 30.0), seed=args.seed, hosts=args.hosts,
         gate_fail=args.gate_fail, breach=args.breach, unlock_after_min=args.unlock_after,
         serial=not args.no_serial, in_flight=args.in_flight)
     with tempfile.TemporaryDirectory() as workdir:

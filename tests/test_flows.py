@@ -255,3 +255,5 @@ def test_releases_in_flight_side_by_side_ship_in_order(tmp_path: Path) -> None:
     assert history == sorted(history) and history[-1] == 3
     slots = {r.preprod_slot for r in releases}
     assert len(slots) > 1  # each flew with its own pre-prod
+    told = {n.release_number for n in recorder.notices if n.kind == "superseded"}
+    assert told == {r.number for r in releases if r.state == State.SUPERSEDED}
