@@ -91,9 +91,7 @@ def went_live(rt: PipelineRuntime, release_id: int, detail: str | None = None,
     first (then it carries this one's commits)."""
     release = rt.store.go_live(release_id)
     if release.state == State.SUPERSEDED:
-        rt.notify("superseded", f"{release.name} superseded: {release.reason}", release,
-                  actor=actor)
-        return State.SUPERSEDED
+        return _told_superseded(rt, release, actor)
     rt.notify("live", f"{release.name} is live on every host ({detail or _short(release)})",
               release, actor=actor)
     return State.LIVE
@@ -108,7 +106,11 @@ def _superseded(rt: PipelineRuntime, release_id: int) -> State | None:
     release = rt.store.move(release_id, State.SUPERSEDED,
                             reason=f"{newer.name} reached the fleet first: it, or the "
                             "release after it, carries these commits")
-    rt.notify("superseded", f"{release.name} superseded: {release.reason}", release)
+    return _told_superseded(rt, release)
+
+
+def _told_superseded(rt: PipelineRuntime, release: Release, actor: str = "ship") -> State:
+    rt.notify("superseded", f"{release.name} superseded: {release.reason}", release, actor=actor)
     return State.SUPERSEDED
 
 
@@ -162,9 +164,7 @@ async def _begin_promotion(rt: PipelineRuntime, release_id: int) -> State | None
             rt.notify("stage", f"{claim.release.name} promoting to {rt.name}", claim.release)
             return None
         if claim.release.state == State.SUPERSEDED:
-            rt.notify("superseded", f"{claim.release.name} superseded: {claim.reason}",
-                      claim.release)
-            return State.SUPERSEDED
+            return _told_superseded(rt, claim.release)
         if claim.lock is not None:
             return await _halt(rt, release_id, "lock", claim.reason)
         if rt.clock.now() >= deadline:
@@ -279,8 +279,7 @@ async def halt_promotion(rt: PipelineRuntime, release_id: int, trouble: str) -> 
     """Halt a promotion that did not reach every host, naming what stopped it."""
     if trouble.startswith(OVERTAKEN):
         release = rt.store.move(release_id, State.SUPERSEDED, reason=trouble)
-        rt.notify("superseded", f"{release.name} superseded: {trouble}", release)
-        return State.SUPERSEDED
+        return _told_superseded(rt, release)
     by = "rollback" if trouble.startswith(TAKEN_OVER) else "rollout"
     return await _halt(rt, release_id, by, trouble)
 
