@@ -100,13 +100,8 @@ def went_live(rt: PipelineRuntime, release_id: int, detail: str | None = None,
 def _superseded(rt: PipelineRuntime, release_id: int) -> State | None:
     """Stop a release that a newer one overtook on its way: the fleet would only go back.
     Its commits are in the newer release's slug (a later commit of the same branch)."""
-    newer = rt.store.overtaken_by(release_id)
-    if newer is None:
-        return None
-    release = rt.store.move(release_id, State.SUPERSEDED,
-                            reason=f"{newer.name} reached the fleet first: it, or the "
-                            "release after it, carries these commits")
-    return _told_superseded(rt, release)
+    release = rt.store.supersede_if_overtaken(release_id)
+    return None if release is None else _told_superseded(rt, release)
 
 
 def _told_superseded(rt: PipelineRuntime, release: Release, actor: str = "ship") -> State:

@@ -266,12 +266,9 @@ class Store:
         with self._tx() as conn:
             release = _release(conn, release_id)
             row = _ensure_pipeline(conn, release.pipeline, lock=True)
-            newer = _overtaken_by(conn, release)
-            if newer is not None:
-                reason = (f"{newer.name} reached the fleet first: it, or the release after "
-                          "it, carries these commits")
-                return Claim(False, release=self._move(conn, release_id, State.SUPERSEDED,
-                                                       actor, reason=reason), reason=reason)
+            superseded = self._supersede_if_overtaken(conn, release, actor)
+            if superseded is not None:
+                return Claim(False, release=superseded, reason=superseded.reason or "")
             if row.lock_id is not None:
                 lock = _lock(conn, row.lock_id)
                 return Claim(False, lock=lock, release=release, reason=lock.describe())
@@ -306,10 +303,20 @@ class Store:
                 .order_by(t.merges.c.merged_at, t.merges.c.id).limit(limit)).all()
         return [Commit(m.sha, m.author, m.message, m.merged_at) for m in rows]
 
-    def overtaken_by(self, release_id: int) -> Release | None:
-        """The newer release that reached the fleet while this one was on its way, if any."""
+    def supersede_if_overtaken(self, release_id: int, actor: str = "ship") -> Release | None:
+        """Supersede the release if a newer one reached the fleet while it was on its way
+        (checked and moved in one transaction). Returns it superseded, or None."""
         with self._tx() as conn:
-            return _overtaken_by(conn, _release(conn, release_id))
+            return self._supersede_if_overtaken(conn, _release(conn, release_id), actor)
+
+    def _supersede_if_overtaken(self, conn: Connection, release: Release,
+                                actor: str) -> Release | None:
+        newer = _overtaken_by(conn, release)
+        if newer is None:
+            return None
+        return self._move(conn, release.id, State.SUPERSEDED, actor, reason=(
+            f"{newer.name} reached the fleet first: it, or the release after it, carries "
+            "these commits"))
 
     def start_release(self, pipeline: str, max_commits: int, actor: str,
                       in_flight: int = 1) -> Claim:
