@@ -45,6 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, prefect_api: str,
         for n in (1, 2):
             serving.github(push([sha(n, "slack")], author="ann"))
             wait_for(lambda n=n: shipped(serving, n), f"us#{n} to ship", timeout=45)
+        # Its watch over, nothing moves on its own: a test can tell what a press changed.
+        wait_for(lambda: watched(serving, 2), "us#2's watch to end", timeout=45)
         yield serving
     finally:
         serving.stop()
@@ -53,6 +55,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, prefect_api: str,
 def shipped(server: Serving, number: int) -> bool:
     release = server.store.release_by_number("us", number)
     return release is not None and release.state in SHIPPED
+
+
+def watched(server: Serving, number: int) -> bool:
+    release = server.store.release_by_number("us", number)
+    return release is not None and release.state == State.DONE
 
 
 def world(server: Serving) -> tuple[Any, ...]:
