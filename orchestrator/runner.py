@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,8 @@ class Runner:
         self._trains: dict[str, asyncio.Task] = {}
         self._dirty: set[str] = set()
         self._wakes: dict[str, asyncio.Event] = {}
+        self._stage_threads: dict[str, int] = {}
+        self._pool_size = 0  # threads in the pool this runner gave the loop, 0: asyncio's
         self._promoting: dict[str, int] = {}  # pipeline → number of the release rolling out
 
     def kick(self, pipeline: str, actor: str = "ship") -> asyncio.Task:
@@ -60,6 +62,7 @@ class Runner:
         """Start releases while merges wait and the pipeline has room (`train.in_flight`),
         each flying on its own; look again whenever one frees its place or a merge lands.
         The loop ends when nothing is in flight and nothing was kicked meanwhile."""
+        self._enough_threads(pipeline)
         flights: set[asyncio.Task] = set()
         wake = self._wakes.setdefault(pipeline, asyncio.Event())
         while pipeline in self._dirty or flights:
@@ -78,6 +81,18 @@ class Runner:
                 self._dirty.add(pipeline)  # a place is free: what waits may start
                 if not flight.cancelled():
                     flight.exception()  # recorded on the release by its flow already
+
+    def _enough_threads(self, pipeline: str) -> None:
+        """Each stage blocks a worker thread while it runs (a build, CI, every gate, fleet
+        observations). asyncio's default pool has cpu + 4 threads: with several releases in
+        flight, stages would queue for a thread rather than run. Give the loop's pool room
+        for every release the pipelines driven here can have in flight."""
+        self._stage_threads[pipeline] = _threads_for(self.ship.pipeline(pipeline))
+        needed = SPARE_THREADS + sum(self._stage_threads.values())
+        if needed > self._pool_size:
+            asyncio.get_running_loop().set_default_executor(
+                ThreadPoolExecutor(max_workers=needed, thread_name_prefix="ship-stage"))
+            self._pool_size = needed
 
     async def deploy(self, pipeline: str, commits: Iterable[Commit], actor: str,
                      watch: bool = True) -> DeployOutcome:
@@ -174,6 +189,16 @@ class Runner:
                        minutes_ago: float | None = None) -> flows.RollbackOutcome:
         return await flows.rollback_flow(pipeline, actor=actor, reason=reason, auto=False,
                                          to_number=to_number, minutes_ago=minutes_ago)
+
+
+SPARE_THREADS = 8  # watches, rollbacks and store calls beside the stages
+
+
+def _threads_for(rt: PipelineRuntime) -> int:
+    """Threads a pipeline's releases in flight may block at once: per release its build or
+    pre-prod, its CI and every gate (they run concurrently), and a fleet observation."""
+    per_release = 2 + len(rt.gates) + (1 if rt.ci else 0)
+    return rt.config.train.in_flight * per_release
 
 
 # --- work done ahead ------------------------------------------------------------------------

@@ -257,3 +257,26 @@ def test_releases_in_flight_side_by_side_ship_in_order(tmp_path: Path) -> None:
     assert len(slots) > 1  # each flew with its own pre-prod
     told = {n.release_number for n in recorder.notices if n.kind == "superseded"}
     assert told == {r.number for r in releases if r.state == State.SUPERSEDED}
+
+
+def test_releases_in_flight_build_at_once_not_queued_for_threads(tmp_path: Path) -> None:
+    """Every stage blocks a thread while it runs: twelve releases in flight must build side
+    by side, not wait for one of asyncio's default cpu + 4 threads."""
+    runner, store, _ = world(tmp_path, {"train.in_flight": 12, "train.max_commits": 1,
+                                        "build.duration": 600})
+
+    async def twelve_merges() -> None:
+        clock = runner.ship.clock
+        for n in range(1, 13):
+            store.record_merge("us", Commit(f"{n:040x}", "ann", f"change {n}", clock.now()))
+        await runner.kick("us")
+        await runner.settle("us")
+
+    asyncio.run(twelve_merges())
+    releases = store.releases("us")
+    assert len(releases) == 12
+    # A build ends in pre-prod, or superseded when a newer release got to the fleet first;
+    # one that waited for a thread takes a whole build longer.
+    took = [((r.entered(State.PREPROD) or r.entered(State.SUPERSEDED))
+             - r.entered(State.BUILDING)).total_seconds() for r in releases]
+    assert max(took) < 900, took
