@@ -602,7 +602,8 @@ def _print_policy(fig: Figures, title: str, build_s: float) -> None:
            f"p95 {fmt(q(gaps, .95))}" if fig.pipeline == TRAIN else ""))
     cfr = fig.dora.change_failure_rate
     print(f"change failure rate {fmt(cfr * 100 if cfr is not None else None, '%')} "
-          f"({fig.dora.rolled_back}/{len(shipped)} shipped releases rolled back); "
+          f"({fig.dora.failed}/{len(shipped)} shipped releases failed; "
+          f"{fig.dora.rolled_back} rolled back, the rest by the lookback); "
           f"time to restore (breach → rolled back, min): p50 {fmt(q(fig.restores_min, .5))} "
           f"max {fmt(max(fig.restores_min, default=None))}; locked {locked:.0f} min in "
           f"{len(fig.locks)} lock(s)")

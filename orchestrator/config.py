@@ -83,6 +83,11 @@ class Train(ProviderConfig):
         "releases in flight at once, each with its own pre-prod; with 1, the next release "
         "starts when every host has started the last one. More let a release start as its "
         "merge lands and overtake an older one on the fleet"))
+    while_locked: Literal["hold", "halt"] = Field("hold", description=(
+        "what `ship serve` does with merges while the pipeline is locked: `hold` builds, "
+        "deploys to pre-prod and gates them, and the newest release waits at the door and "
+        "promotes at unlock (an older one stands aside: the newer carries its commits); "
+        "`halt` starts nothing and halts a release that reaches the door"))
 
 
 class Deadlines(ProviderConfig):
@@ -93,7 +98,9 @@ class Deadlines(ProviderConfig):
     queued: Seconds = Field(300.0, gt=0)
     building: Seconds = Field(1800.0, gt=0)
     preprod: Seconds = Field(1800.0, gt=0)
-    gating: Seconds = Field(3600.0, gt=0, description="gates, CI, and a held promotion's wait")
+    gating: Seconds = Field(3600.0, gt=0, description="gates and CI")
+    ready: Seconds = Field(3600.0, gt=0, description=(
+        "waiting at the door for a hold to lift; not counted while the pipeline is locked"))
     promoting: Seconds = Field(1800.0, gt=0)
     live: Seconds = Field(300.0, gt=0, description="live, before its watch begins")
     watching: Seconds = Field(600.0, gt=0, description="past the end of the watch")

@@ -1,6 +1,11 @@
 """DORA metrics from the store: deployment frequency, lead time for changes (merge → live),
-change failure rate (releases rolled back / releases shipped) and time to restore
+change failure rate (releases that failed / releases shipped) and time to restore
 (breach → rollback complete, or rollback start → complete for a rollback by hand).
+
+A release *failed* when a rollback answered it: for an automatic rollback, the release
+serving when the breach began; for one by hand, every release the person chose to undo.
+An automatic rollback goes back a fixed time (the lookback), so at many releases an hour
+it also undoes releases that were fine: they count as rolled back, not as failed.
 
 Windows are half-open, (since, until], so that adjacent days never count a release twice.
 """
@@ -27,6 +32,7 @@ class Dora:
     lead_p50_min: float | None
     lead_p90_min: float | None
     change_failure_rate: float | None
+    failed: int
     rolled_back: int
     restore_p50_min: float | None
 
@@ -68,6 +74,8 @@ def compute(pipeline: str, releases: Sequence[Release], rollbacks: Sequence[Roll
     leads = [(r.entered(State.LIVE) - c.merged_at).total_seconds() / 60
              for r in shipped for c in r.commits if c.merged_at is not None]
     rolled_back = [r for r in shipped if r.state == State.ROLLED_BACK]
+    blamed = failed_releases(releases, rollbacks)
+    failed = [r for r in shipped if r.id in blamed]
     restores = [(b.finished_at - (b.breach_at or b.started_at)).total_seconds() / 60
                 for b in rollbacks
                 if b.outcome == "done" and b.finished_at and since < b.finished_at <= until]
@@ -79,10 +87,28 @@ def compute(pipeline: str, releases: Sequence[Release], rollbacks: Sequence[Roll
         per_day=len(shipped) / days,
         lead_p50_min=quantile(leads, 0.5),
         lead_p90_min=quantile(leads, 0.9),
-        change_failure_rate=len(rolled_back) / len(shipped) if shipped else None,
+        change_failure_rate=len(failed) / len(shipped) if shipped else None,
+        failed=len(failed),
         rolled_back=len(rolled_back),
         restore_p50_min=quantile(restores, 0.5),
     )
+
+
+def failed_releases(releases: Sequence[Release], rollbacks: Sequence[Rollback]) -> set[int]:
+    """Ids of the releases a rollback answered (see the module's docstring)."""
+    by_id = {r.id: r for r in releases}
+    went_live = sorted((live, r.number, r.id) for r in releases
+                       if (live := r.entered(State.LIVE)) is not None)
+    failed: set[int] = set()
+    for b in rollbacks:
+        if b.auto and b.breach_at is not None:
+            serving = [rid for live, _, rid in went_live if live <= b.breach_at]
+            failed.add(serving[-1] if serving else b.from_id)
+        elif b.from_id in by_id and b.to_id in by_id:
+            after, upto = by_id[b.to_id].number, by_id[b.from_id].number
+            failed |= {r.id for r in releases if after < r.number <= upto
+                       and r.state == State.ROLLED_BACK}
+    return failed
 
 
 def quantile(values: Sequence[float], q: float) -> float | None:

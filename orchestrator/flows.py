@@ -37,15 +37,16 @@ OVERTAKEN = "overtaken by"
 
 
 @flow(name="release", flow_run_name="{pipeline}-release-{release_id}", **FLOW)
-async def release_flow(pipeline: str, release_id: int) -> str:
+async def release_flow(pipeline: str, release_id: int, wait_out_lock: bool = False) -> str:
     """Build the slug while CI runs; deploy pre-prod; run the gates concurrently; check the
     lock; promote. Returns the release's state when the pipeline is free again: `live`
-    (hand over to `watch`), `halted` or `failed`."""
+    (hand over to `watch`), `halted`, `superseded` or `failed`. A lock halts the release at
+    the door, or with `wait_out_lock` it waits there for the unlock (`train.while_locked`)."""
     rt = runtime.current().pipeline(pipeline)
     _remember_flow_run(rt, release_id)
     ci = asyncio.create_task(gate_task(pipeline, release_id, rt.ci.name)) if rt.ci else None
     try:
-        return (await _drive(rt, release_id, ci)).value
+        return (await _drive(rt, release_id, ci, wait_out_lock)).value
     except Exception as error:
         _fail(rt, release_id, f"{type(error).__name__}: {error}")
         raise
@@ -54,7 +55,8 @@ async def release_flow(pipeline: str, release_id: int) -> str:
             ci.cancel()
 
 
-async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) -> State:
+async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None,
+                 wait_out_lock: bool) -> State:
     _stage(rt, release_id, State.BUILDING)
     try:
         await build_task(rt.name, release_id)
@@ -76,7 +78,7 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None) 
         return await _halt(rt, release_id, "gate", "; ".join(f"{r.gate}: {r.summary}"
                                                              for r in failed))
     _resolve_stall(rt, release_id)
-    refusal = await _begin_promotion(rt, release_id)
+    refusal = await _begin_promotion(rt, release_id, wait_out_lock)
     if refusal:
         return refusal
     trouble = await promote_task(rt.name, release_id)
@@ -149,20 +151,29 @@ def _resolve_stall(rt: PipelineRuntime, release_id: int) -> None:
                   "its gates", release)
 
 
-async def _begin_promotion(rt: PipelineRuntime, release_id: int) -> State | None:
-    """Promote unless locked. While the heartbeat has no data, wait for it (a watch's
-    length at most) rather than ship blind."""
+async def _begin_promotion(rt: PipelineRuntime, release_id: int,
+                           wait_out_lock: bool) -> State | None:
+    """Promote unless locked: halt, or with `wait_out_lock` wait at the door until the
+    unlock, standing aside for anything newer once a lock was seen. While the heartbeat has
+    no data, wait for it (a watch's length at most) rather than ship blind."""
     deadline = rt.clock.now() + timedelta(seconds=rt.config.heartbeat.watch)
+    waited_for: str | None = None  # the lock this release waited out, once seen
     while True:
-        claim = rt.store.begin_promotion(release_id)
+        claim = rt.store.begin_promotion(release_id, newest_only=waited_for is not None)
         if claim.won:
             rt.notify("stage", f"{claim.release.name} promoting to {rt.name}", claim.release)
             return None
         if claim.release.state == State.SUPERSEDED:
             return _told_superseded(rt, claim.release)
-        if claim.lock is not None:
+        if claim.lock is not None and not wait_out_lock:
             return await _halt(rt, release_id, "lock", claim.reason)
-        if rt.clock.now() >= deadline:
+        if claim.lock is not None:
+            if waited_for != claim.reason:
+                rt.notify("stage", f"{claim.release.name} ready, waiting at the door: "
+                          f"{claim.reason}", claim.release)
+            waited_for = claim.reason
+            deadline = rt.clock.now() + timedelta(seconds=rt.config.heartbeat.watch)
+        elif rt.clock.now() >= deadline:
             return await _halt(rt, release_id, "hold", claim.reason)
         await rt.clock.wait(rt.poll_s)
 

@@ -13,7 +13,7 @@ drive one release.
 
 What each stage becomes:
 
-- queued, building, pre-prod, gating: failed, "orchestrator restarted mid-<stage>", and its
+- queued, building, pre-prod, gating, ready: failed, "orchestrator restarted mid-<stage>", and its
   commits queued again in the same transaction. Nothing of it reached the fleet; a build or
   a gate half-run by a lost process proves nothing, and the next release (a new number)
   builds, gates and ships the same commits from the start. Nothing merged is lost and no
@@ -394,7 +394,13 @@ def overdue(ship: Ship) -> list[Overdue]:
 def _stays(store: Store, name: str, watch: float) -> Iterable[tuple[Release, str, datetime]]:
     state = store.pipeline_state(name)
     for flight in state.flights:
-        if since := flight.entered(flight.state):
+        since = flight.entered(flight.state)
+        if flight.state == State.READY and since:
+            if state.lock is not None:
+                continue  # waiting out a lock is a person's call, not a stall
+            since = max([since] + [lock.released_at for lock in store.locks(name, limit=1)
+                                   if lock.released_at])
+        if since:
             yield flight, flight.state.value, since
     for release in store.releases(name, limit=50):
         live_at = release.entered(State.LIVE)

@@ -1,10 +1,13 @@
 """The release model: an explicit state machine.
 
-    queued → building → preprod → gating → promoting → live → watching → done
-                 ↘          ↘          ↘          ↘            ↘         ↘
-                  failed     halted     halted     halted    rolled_back  rolled_back
-                 ↘          ↘          ↘          ↘
+    queued → building → preprod → gating → (ready →) promoting → live → watching → done
+                 ↘          ↘          ↘                  ↘            ↘         ↘
+                  failed     halted     halted             halted    rolled_back  rolled_back
+                 ↘          ↘          ↘                  ↘
                   superseded (a newer release reached the fleet first and carries its commits)
+
+`ready`: the release passed its gates and waits at the door, because the pipeline is locked
+or holds promotions (no heartbeat data). A release that goes straight through never enters it.
 
 A release is *in flight* (it holds one of its pipeline's `train.in_flight` places) from
 building until it is live or has stopped; watching overlaps the next release, which is what
@@ -21,6 +24,7 @@ class State(StrEnum):
     BUILDING = "building"
     PREPROD = "preprod"
     GATING = "gating"
+    READY = "ready"
     PROMOTING = "promoting"
     LIVE = "live"
     WATCHING = "watching"
@@ -31,14 +35,15 @@ class State(StrEnum):
     FAILED = "failed"
 
 
-PIPELINE_STAGES = (State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING)
+PIPELINE_STAGES = (State.BUILDING, State.PREPROD, State.GATING, State.READY, State.PROMOTING)
 _BEFORE_LIVE = {State.FAILED, State.HALTED, State.SUPERSEDED}
 
 TRANSITIONS: dict[State, frozenset[State]] = {
     State.QUEUED: frozenset({State.BUILDING, State.SUPERSEDED, State.FAILED}),
     State.BUILDING: frozenset({State.PREPROD, *_BEFORE_LIVE}),
     State.PREPROD: frozenset({State.GATING, *_BEFORE_LIVE}),
-    State.GATING: frozenset({State.PROMOTING, *_BEFORE_LIVE}),
+    State.GATING: frozenset({State.READY, State.PROMOTING, *_BEFORE_LIVE}),
+    State.READY: frozenset({State.PROMOTING, *_BEFORE_LIVE}),
     State.PROMOTING: frozenset({State.LIVE, *_BEFORE_LIVE}),
     State.LIVE: frozenset({State.WATCHING, State.DONE, State.ROLLED_BACK}),
     State.WATCHING: frozenset({State.DONE, State.ROLLED_BACK}),
@@ -53,7 +58,7 @@ TRANSITIONS: dict[State, frozenset[State]] = {
 
 # States in which a release holds a place in its pipeline: with `train.in_flight` of them
 # taken, no other release may start.
-IN_FLIGHT = frozenset({State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING})
+IN_FLIGHT = frozenset(PIPELINE_STAGES)
 # A release holds its pipeline from the moment it is queued (the train is claimed) until it
 # is live or has stopped.
 HOLDS_PIPELINE = IN_FLIGHT | {State.QUEUED}

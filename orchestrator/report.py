@@ -16,7 +16,9 @@ from orchestrator.store import PipelineState, Release, Store
 STAGES: dict[str, tuple[State, tuple[State, ...]]] = {
     "build": (State.BUILDING, (State.PREPROD, State.FAILED)),
     "pre-prod": (State.PREPROD, (State.GATING, State.HALTED, State.FAILED)),
-    "gates": (State.GATING, (State.PROMOTING, State.HALTED, State.FAILED)),
+    "gates": (State.GATING, (State.READY, State.PROMOTING, State.HALTED, State.FAILED)),
+    # Only a release that had to wait (a lock, or a hold on heartbeat data) reaches it.
+    "door": (State.READY, (State.PROMOTING, State.HALTED, State.SUPERSEDED, State.FAILED)),
     "rollout": (State.PROMOTING, (State.LIVE, State.HALTED, State.FAILED)),
     "watch": (State.WATCHING, (State.DONE, State.ROLLED_BACK)),
 }

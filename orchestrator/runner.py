@@ -65,11 +65,14 @@ class Runner:
         self._enough_threads(pipeline)
         flights: set[asyncio.Task] = set()
         wake = self._wakes.setdefault(pipeline, asyncio.Event())
+        hold = self.ship.pipeline(pipeline).config.train.while_locked == "hold"
         while pipeline in self._dirty or flights:
             if pipeline in self._dirty:
                 self._dirty.discard(pipeline)
-                while isinstance(release := self._claim(pipeline, actor), Release):
-                    flights.add(asyncio.create_task(self._fly(pipeline, release, watch=False)))
+                while isinstance(release := self._claim(pipeline, actor, behind_lock=hold),
+                                 Release):
+                    flights.add(asyncio.create_task(
+                        self._fly(pipeline, release, watch=False, behind_lock=hold)))
             if not flights:
                 continue
             wake.clear()
@@ -108,13 +111,15 @@ class Runner:
             return claim
         return await self._fly(pipeline, claim, watch)
 
-    def _claim(self, pipeline: str, actor: str) -> Release | DeployOutcome:
-        """Start the next release train if the pipeline has room: the release, or why not."""
+    def _claim(self, pipeline: str, actor: str,
+               behind_lock: bool = False) -> Release | DeployOutcome:
+        """Start the next release train if the pipeline has room (and, unless `behind_lock`,
+        is not locked): the release, or why not."""
         rt = self._runtime(pipeline)
         ahead = _builds_ahead(rt).ready_for(rt)
         claim = rt.store.start_release(pipeline, len(ahead.release.commits) if ahead
                                        else rt.config.train.max_commits, actor,
-                                       rt.config.train.in_flight)
+                                       rt.config.train.in_flight, behind_lock)
         if not claim.won:
             if claim.lock is not None:
                 rt.notify("refused", f"deploy by {actor} refused: {claim.reason}", actor=actor)
@@ -123,11 +128,13 @@ class Runner:
             ahead.claimed = True
         return claim.release
 
-    async def _fly(self, pipeline: str, release: Release, watch: bool) -> DeployOutcome:
-        """Drive a claimed release until its place in the pipeline is free; then watch it."""
+    async def _fly(self, pipeline: str, release: Release, watch: bool,
+                   behind_lock: bool = False) -> DeployOutcome:
+        """Drive a claimed release until its place in the pipeline is free; then watch it.
+        With `behind_lock`, a lock makes it wait at the door rather than halt."""
         rt = self.ship.pipeline(pipeline)
         try:
-            state = await flows.release_flow(pipeline, release.id)
+            state = await flows.release_flow(pipeline, release.id, behind_lock)
         finally:
             self._promoting.pop(pipeline, None)
         if state == State.LIVE:

@@ -55,17 +55,19 @@ class ServeRunner(Runner):
         self.stopping = False
         self._shipping: dict[asyncio.Task, str] = {}
 
-    def _claim(self, pipeline: str, actor: str) -> Release | DeployOutcome:
+    def _claim(self, pipeline: str, actor: str,
+               behind_lock: bool = False) -> Release | DeployOutcome:
         if self.stopping:
             return DeployOutcome(False, "ship serve is stopping: merges wait for its restart")
-        return super()._claim(pipeline, actor)
+        return super()._claim(pipeline, actor, behind_lock)
 
-    async def _fly(self, pipeline: str, release: Release, watch: bool) -> DeployOutcome:
+    async def _fly(self, pipeline: str, release: Release, watch: bool,
+                   behind_lock: bool = False) -> DeployOutcome:
         task = asyncio.current_task()
         assert task is not None
         self._shipping[task] = pipeline
         try:
-            return await super()._fly(pipeline, release, watch)
+            return await super()._fly(pipeline, release, watch, behind_lock)
         finally:
             self._shipping.pop(task, None)
 

@@ -259,22 +259,45 @@ class Store:
                 .values(stall_paged_at=self.now() if paged else None)).rowcount
             return changed == 1
 
-    def begin_promotion(self, release_id: int, actor: str = "ship") -> Claim:
+    def begin_promotion(self, release_id: int, actor: str = "ship",
+                        newest_only: bool = False) -> Claim:
         """Move a gated release to promoting unless the pipeline is locked or held, checked
-        in the same transaction so a lock taken a moment earlier always wins. A release that
-        a newer one overtook is superseded instead: the newer carries its commits."""
+        in the same transaction so a lock taken a moment earlier always wins; refused, the
+        release is `ready` (waiting at the door). A release that a newer one overtook is
+        superseded instead: the newer carries its commits. With `newest_only` (a release
+        that waited out a lock) it also stands aside for any newer release or merge: after a
+        rollback, what merged since may be the fix, and the older release lacks it."""
         with self._tx() as conn:
             release = _release(conn, release_id)
             row = _ensure_pipeline(conn, release.pipeline, lock=True)
-            superseded = self._supersede_if_overtaken(conn, release, actor)
+            superseded = self._supersede_if_overtaken(conn, release, actor) or (
+                self._stand_aside(conn, release, actor) if newest_only else None)
             if superseded is not None:
                 return Claim(False, release=superseded, reason=superseded.reason or "")
-            if row.lock_id is not None:
-                lock = _lock(conn, row.lock_id)
+            lock = _lock(conn, row.lock_id)
+            if lock is None and not row.hold_reason:
+                return Claim(True, release=self._move(conn, release_id, State.PROMOTING, actor))
+            if release.state != State.READY:
+                release = self._move(conn, release_id, State.READY, actor)
+            if lock is not None:
                 return Claim(False, lock=lock, release=release, reason=lock.describe())
-            if row.hold_reason:
-                return Claim(False, release=release, reason=f"held: {row.hold_reason}")
-            return Claim(True, release=self._move(conn, release_id, State.PROMOTING, actor))
+            return Claim(False, release=release, reason=f"held: {row.hold_reason}")
+
+    def _stand_aside(self, conn: Connection, release: Release, actor: str) -> Release | None:
+        """Supersede a release with a newer one in flight, or merges waiting behind it."""
+        newer = conn.execute(sa.select(t.releases.c.number).where(
+            t.releases.c.pipeline == release.pipeline, t.releases.c.number > release.number,
+            t.releases.c.state.in_([s.value for s in HOLDS_PIPELINE]))
+            .order_by(t.releases.c.number.desc()).limit(1)).scalar()
+        if newer is not None:
+            why = f"#{newer}, newer, carries its commits past the lock"
+        elif conn.execute(sa.select(t.merges.c.id).where(
+                t.merges.c.pipeline == release.pipeline, t.merges.c.release_id.is_(None))
+                .limit(1)).first():
+            why = "merges newer than it wait: the next release carries its commits past the lock"
+        else:
+            return None
+        return self._move(conn, release.id, State.SUPERSEDED, actor, reason=why)
 
     # --- merges and release trains ------------------------------------------------------
 
@@ -319,14 +342,15 @@ class Store:
             "these commits"))
 
     def start_release(self, pipeline: str, max_commits: int, actor: str,
-                      in_flight: int = 1) -> Claim:
+                      in_flight: int = 1, behind_lock: bool = False) -> Claim:
         """Claim a place in the pipeline and create a release carrying the oldest pending
-        merges (a release train), with a pre-prod of its own. Refused while locked, while
-        `in_flight` releases are in flight already, or with nothing to ship."""
+        merges (a release train), with a pre-prod of its own. Refused while locked (unless
+        `behind_lock`: the release may go as far as the door), while `in_flight` releases are
+        in flight already, or with nothing to ship."""
         with self._tx() as conn:
             # Locked, so that of two racing starters the second reads the first's claim.
             row = _ensure_pipeline(conn, pipeline, lock=True)
-            if row.lock_id is not None:
+            if row.lock_id is not None and not behind_lock:
                 lock = _lock(conn, row.lock_id)
                 return Claim(False, lock=lock, reason=lock.describe() if lock else "locked")
             flights = _flights(conn, pipeline)
@@ -355,7 +379,8 @@ class Store:
                        t.pipelines.c.in_flight_id.is_(None) if row.in_flight_id is None
                        else t.pipelines.c.in_flight_id == row.in_flight_id,
                        t.pipelines.c.next_number == row.next_number,
-                       t.pipelines.c.lock_id.is_(None))
+                       t.pipelines.c.lock_id.is_(None) if row.lock_id is None
+                       else t.pipelines.c.lock_id == row.lock_id)
                 .values(in_flight_id=release_id, next_number=row.next_number + 1)).rowcount
             if claimed != 1:
                 raise ConcurrentUpdate(f"pipeline {pipeline} changed while starting a release")

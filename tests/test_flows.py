@@ -280,3 +280,62 @@ def test_releases_in_flight_build_at_once_not_queued_for_threads(tmp_path: Path)
     took = [((r.entered(State.PREPROD) or r.entered(State.SUPERSEDED))
              - r.entered(State.BUILDING)).total_seconds() for r in releases]
     assert max(took) < 900, took
+
+
+async def _until(runner: Runner, done: Any, within_s: float = 600) -> None:
+    """Wait (pipeline time) until `done()` holds."""
+    clock = runner.ship.clock
+    deadline = clock.now().timestamp() + within_s
+    while not done():
+        assert clock.now().timestamp() < deadline, "waited too long"
+        await clock.wait(2)
+
+
+def test_while_locked_releases_go_to_the_door_and_the_newest_ships_at_unlock(
+        tmp_path: Path) -> None:
+    """`train.while_locked: hold`: merges during a lock are built and gated; the release at
+    the door stands aside for a newer one, and the newest promotes once unlocked."""
+    runner, store, recorder = world(tmp_path, {"train.in_flight": 3, "build.duration": 20})
+    store.take_lock("us", "ann", "incident 12")
+
+    def state(number: int) -> State | None:
+        found = store.release_by_number("us", number)
+        return found.state if found else None
+
+    async def merges_behind_a_lock() -> None:
+        clock = runner.ship.clock
+        store.record_merge("us", Commit(f"{1:040x}", "ann", "change 1", clock.now()))
+        train = runner.kick("us")
+        await _until(runner, lambda: state(1) == State.READY)
+        store.record_merge("us", Commit(f"{2:040x}", "bob", "change 2", clock.now()))
+        runner.kick("us")
+        await _until(runner, lambda: state(2) == State.READY)
+        assert store.pipeline_state("us").live is None  # nothing passed the lock
+        store.unlock("us", "ann", "fixed")
+        await train
+        await runner.settle("us")
+
+    asyncio.run(merges_behind_a_lock())
+    first, second = store.release_by_number("us", 1), store.release_by_number("us", 2)
+    assert first.state == State.SUPERSEDED and "#2, newer" in first.reason
+    assert first.entered(State.SUPERSEDED) < second.entered(State.READY)  # not at unlock
+    assert second.state == State.DONE and second.entered(State.PROMOTING) > \
+        store.locks("us")[0].released_at
+    assert [e.number for e in store.live_history("us")] == [2]
+    waiting = [n.text for n in recorder.notices if "waiting at the door" in n.text]
+    assert [t.split()[0] for t in waiting] == ["us#1", "us#2"]
+    assert store.halts_in_a_row("us", ("gate", "rollout", "lock")) == 0
+
+
+def test_while_locked_halt_starts_nothing_until_unlocked(tmp_path: Path) -> None:
+    runner, store, recorder = world(tmp_path, {"train.while_locked": "halt"})
+    store.take_lock("us", "ann", "freeze")
+
+    async def merge_behind_a_lock() -> None:
+        store.record_merge("us", Commit(f"{1:040x}", "ann", "change 1",
+                                        runner.ship.clock.now()))
+        await runner.kick("us")
+
+    asyncio.run(merge_behind_a_lock())
+    assert store.releases("us") == [] and store.pipeline_state("us").pending_merges == 1
+    assert "refused" in recorder.kinds()

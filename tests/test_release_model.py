@@ -59,5 +59,6 @@ def test_terminal_states_go_nowhere_and_every_state_is_reachable() -> None:
 
 
 def test_in_flight_states_are_the_ones_that_hold_the_pipeline() -> None:
-    assert IN_FLIGHT == {State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING}
+    assert IN_FLIGHT == {State.BUILDING, State.PREPROD, State.GATING, State.READY,
+                         State.PROMOTING}
     assert State.LIVE not in IN_FLIGHT  # the next release may start as soon as it is live

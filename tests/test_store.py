@@ -330,3 +330,26 @@ def test_an_older_release_overtaken_by_a_newer_one_is_superseded_not_promoted(
     assert store.pipeline_state("us").live.number == 3
     assert [e.number for e in store.live_history("us")] == [3]
     assert store.pipeline_state("us").flights == ()
+
+
+def test_behind_a_lock_releases_wait_ready_and_the_older_stands_aside(store: Store) -> None:
+    store.take_lock("us", "bob", "incident 9")
+    store.record_merge("us", commit(1))
+    assert not store.start_release("us", 50, "test", in_flight=3).won
+    first = store.start_release("us", 50, "test", in_flight=3, behind_lock=True).release
+    for state in (State.BUILDING, State.PREPROD, State.GATING):
+        store.move(first.id, state)
+    waiting = store.begin_promotion(first.id)
+    assert not waiting.won and waiting.release.state == State.READY and waiting.lock
+    assert store.begin_promotion(first.id, newest_only=True).release.state == State.READY
+
+    store.record_merge("us", commit(2))  # merged behind it: perhaps the fix
+    aside = store.begin_promotion(first.id, newest_only=True)
+    assert aside.release.state == State.SUPERSEDED and "merges newer" in aside.reason
+    second = store.start_release("us", 50, "test", in_flight=3, behind_lock=True).release
+    assert [c.sha for c in second.commits] == [commit(2).sha]
+    for state in (State.BUILDING, State.PREPROD, State.GATING):
+        store.move(second.id, state)
+    assert store.begin_promotion(second.id).release.state == State.READY
+    store.unlock("us", "bob", "reverted")
+    assert store.begin_promotion(second.id, newest_only=True).won

@@ -36,12 +36,13 @@ MAX_COMMITS_SHOWN = 10
 ROLLBACK, LOCK, UNLOCK = "ship_rollback", "ship_lock", "ship_unlock"
 _STATE_ICON = {
     State.QUEUED: "⏳", State.BUILDING: "🔨", State.PREPROD: "🧪", State.GATING: "🚦",
-    State.PROMOTING: "🚚", State.LIVE: "🚀", State.WATCHING: "👀", State.DONE: "✅",
+    State.READY: "🚪", State.PROMOTING: "🚚", State.LIVE: "🚀", State.WATCHING: "👀",
+    State.DONE: "✅",
     State.HALTED: "⛔", State.FAILED: "❌", State.ROLLED_BACK: "⏪", State.SUPERSEDED: "⏭",
 }
-_TIMELINE = (State.QUEUED, State.BUILDING, State.PREPROD, State.GATING, State.PROMOTING,
-             State.LIVE, State.WATCHING, State.DONE, State.HALTED, State.FAILED,
-             State.ROLLED_BACK)
+_TIMELINE = (State.QUEUED, State.BUILDING, State.PREPROD, State.GATING, State.READY,
+             State.PROMOTING, State.LIVE, State.WATCHING, State.DONE, State.HALTED,
+             State.FAILED, State.ROLLED_BACK)
 
 
 class SlackNotifier:

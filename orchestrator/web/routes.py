@@ -185,6 +185,7 @@ class WebUi:
             return f"{name} is not locked", False
         await asyncio.to_thread(self.ship.pipeline(name).notify, "unlock",
                                 f"{name} unlocked by {actor}: {reason}", actor=actor)
+        self.runner.kick(name, actor=actor)  # merges queued while locked may ship now
         return f"🔓 {name} unlocked (was {lock.describe()})", True
 
     async def rollback(self, name: str, actor: str, form: dict[str, str]) -> tuple[str, bool]:

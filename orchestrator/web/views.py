@@ -24,7 +24,7 @@ from orchestrator.web.charts import Line, Mark, Span
 from shiptypes import GateResult, Series
 
 # The stages of a release's timeline, in the order people read them.
-TIMELINE = ("build", "CI", "pre-prod", "gates", "rollout", "watch")
+TIMELINE = ("build", "CI", "pre-prod", "gates", "door", "rollout", "watch")
 RELEASES_ON_OVERVIEW = 5
 RELEASES_ON_PIPELINE = 25
 DORA_DAYS = 30
@@ -57,7 +57,8 @@ def release_row(store: Store, release: Release, ci_name: str | None, now: dateti
 
 
 def stage_spans(release: Release, gates: Sequence[GateResult], ci_name: str | None) -> list[Span]:
-    """build, CI (beside the build), pre-prod, gates, rollout and watch, as far as reached.
+    """build, CI (beside the build), pre-prod, gates, the wait at the door (if any), rollout
+    and watch, as far as reached.
     A stage with no end is running — unless the release stopped, when it is left out."""
     stopped = release.state not in IN_FLIGHT and release.state not in (State.LIVE,
                                                                          State.WATCHING)

@@ -187,11 +187,10 @@ class StoreMachine(RuleBasedStateMachine):
         if state in NEXT_STAGE:
             self.store.move(release_id, NEXT_STAGE[state])
             self.states[number] = NEXT_STAGE[state]
-        elif state == State.GATING:
+        elif state in (State.GATING, State.READY):
             claim = self.store.begin_promotion(release_id)
             assert claim.won == (self.lock is None and self.hold is None)
-            if claim.won:
-                self.states[number] = State.PROMOTING
+            self.states[number] = State.PROMOTING if claim.won else State.READY
         else:
             self.store.go_live(release_id)
             self.states[number], self.live, self.in_flight = State.LIVE, number, None

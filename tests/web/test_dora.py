@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from orchestrator import cli, dora
+from orchestrator.release import State
 from orchestrator.runtime import Ship
-from orchestrator.store import Store
+from orchestrator.store import Release, Rollback, Store
+from shiptypes import Commit
 from tests.conftest import SIM_PIPELINES
 from tests.web.conftest import DAY, SetClock, serving, sim_config, write_history
 
@@ -24,14 +26,14 @@ EXPECTED = {
     # (since, now]: r4, r5 shipped; r4 rolled back; r4's rollback took 4 min.
     # leads [10, 15, 90]: p50 rank 2 → 15, p90 rank 3 → 90
     1: dict(shipped=2, per_day=2.0, lead_p50_min=15.0, lead_p90_min=90.0,
-            change_failure_rate=0.5, rolled_back=1, restore_p50_min=4.0),
+            change_failure_rate=0.5, failed=1, rolled_back=1, restore_p50_min=4.0),
     # r3, r4, r5; leads [10, 15, 20, 90]: p50 rank 2 → 15, p90 rank 4 → 90
     7: dict(shipped=3, per_day=3 / 7, lead_p50_min=15.0, lead_p90_min=90.0,
-            change_failure_rate=1 / 3, rolled_back=1, restore_p50_min=4.0),
+            change_failure_rate=1 / 3, failed=1, rolled_back=1, restore_p50_min=4.0),
     # r1…r5; leads [10, 15, 20, 30, 45, 60, 90]: p50 rank 4 → 30, p90 rank 7 → 90;
     # r2 and r4 rolled back; restores [4, 6]: p50 rank 1 → 4
     30: dict(shipped=5, per_day=5 / 30, lead_p50_min=30.0, lead_p90_min=90.0,
-             change_failure_rate=0.4, rolled_back=2, restore_p50_min=4.0),
+             change_failure_rate=0.4, failed=2, rolled_back=2, restore_p50_min=4.0),
 }
 SHOWN = {  # the same figures as the web UI prints them
     "shipped": ("2", "3", "5"),
@@ -86,6 +88,27 @@ def test_an_empty_pipeline_has_no_figures_rather_than_zeros(tmp_path: Path) -> N
     assert (figure.shipped, figure.per_day) == (0, 0.0)
     assert figure.lead_p50_min is None and figure.change_failure_rate is None
     assert figure.restore_p50_min is None
+
+
+def test_a_lookback_rollback_blames_the_release_serving_at_the_breach() -> None:
+    """Five releases live a minute apart; the breach begins under #3 and the automatic
+    rollback goes back to #1: #2…#5 are undone, only #3 failed."""
+    t0 = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
+
+    def release(n: int, state: State) -> Release:
+        live = t0 + timedelta(minutes=n)
+        return Release(n, "us", n, state, f"{n:040x}", (Commit(f"{n:040x}", "ann", "", live),),
+                       None, {"live": live}, None, None, live)
+
+    releases = [release(1, State.DONE)] + [release(n, State.ROLLED_BACK) for n in (2, 3, 4, 5)]
+    auto = Rollback(1, "us", 5, 1, "ship", "breach", True, t0 + timedelta(minutes=3.5),
+                    t0 + timedelta(minutes=6), t0 + timedelta(minutes=7), "done")
+    figures = dora.compute("us", releases, [auto], t0, t0 + timedelta(hours=1))
+    assert (figures.shipped, figures.failed, figures.rolled_back) == (5, 1, 4)
+    assert figures.change_failure_rate == pytest.approx(0.2)
+    by_hand = Rollback(2, "us", 5, 2, "ann", "bad copy", False, None,
+                       t0 + timedelta(minutes=6), t0 + timedelta(minutes=7), "done")
+    assert dora.failed_releases(releases, [by_hand]) == {3, 4, 5}  # the person chose
 
 
 def test_nearest_rank_quantiles() -> None:
