@@ -263,7 +263,7 @@ def test_releases_in_flight_build_at_once_not_queued_for_threads(tmp_path: Path)
     """Every stage blocks a thread while it runs: twelve releases in flight must build side
     by side, not wait for one of asyncio's default cpu + 4 threads."""
     runner, store, _ = world(tmp_path, {"train.in_flight": 12, "train.max_commits": 1,
-                                        "build.duration": 600})
+                                        "build.duration": 300})
 
     async def twelve_merges() -> None:
         clock = runner.ship.clock
@@ -279,7 +279,7 @@ def test_releases_in_flight_build_at_once_not_queued_for_threads(tmp_path: Path)
     # one that waited for a thread takes a whole build longer.
     took = [((r.entered(State.PREPROD) or r.entered(State.SUPERSEDED))
              - r.entered(State.BUILDING)).total_seconds() for r in releases]
-    assert max(took) < 900, took
+    assert max(took) < 450, took
 
 
 async def _until(runner: Runner, done: Any, within_s: float = 600) -> None:

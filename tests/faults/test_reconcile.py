@@ -306,6 +306,20 @@ def test_a_stage_overstaying_its_deadline_pages_once(tmp_path: Path) -> None:
     assert kinds(store, left.id).count("overdue") == 1
 
 
+def test_a_release_waiting_out_a_lock_is_not_overdue_until_the_unlock(tmp_path: Path) -> None:
+    runner, store, _ = world(tmp_path, {"deadlines.ready": 6})
+    waiting = left_at(store, 1, State.GATING)
+    store.take_lock("us", "bob", "incident 5")
+    assert store.begin_promotion(waiting.id).release.state == State.READY
+    runner.ship.clock.sleep(30)
+    assert overdue(runner.ship) == []  # a person holds the lock: not a stall
+    store.unlock("us", "bob", "fixed")
+    runner.ship.clock.sleep(3)
+    assert overdue(runner.ship) == []  # counted from the unlock
+    runner.ship.clock.sleep(4)
+    assert [(o.stage, o.release.id) for o in overdue(runner.ship)] == [("ready", waiting.id)]
+
+
 def test_a_watch_past_its_end_and_a_rollback_that_hangs_are_overdue(tmp_path: Path) -> None:
     runner, store, _ = world(tmp_path, {"deadlines.watching": 10, "deadlines.rollback": 10,
                                         "heartbeat.watch": 20})
