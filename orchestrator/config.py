@@ -180,10 +180,16 @@ class Pipeline(ProviderConfig):
     @model_validator(mode="after")
     def _preprod_per_release(self) -> Pipeline:
         url = self.preprod.url
-        if self.train.in_flight > 1 and url is not None and "{slot}" not in url:
-            raise ValueError(f"train.in_flight {self.train.in_flight} gives every release in "
-                             f"flight its own pre-prod, so preprod.url must name it with "
-                             f"{{slot}} (it is {url!r})")
+        if self.train.in_flight == 1:
+            return self
+        own = (f"train.in_flight {self.train.in_flight} gives every release in flight its "
+               "own pre-prod")
+        if url is not None and "{slot}" not in url:
+            raise ValueError(f"{own}, so preprod.url must name it with {{slot}} (it is {url!r})")
+        try:
+            self.preprod.fleet.for_slot(1)
+        except ValueError as error:
+            raise ValueError(f"{own}: preprod.fleet: {error}") from None
         return self
 
     def preprod_url(self, slot: int) -> str | None:

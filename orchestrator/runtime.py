@@ -187,10 +187,8 @@ class Ship:
 
     @staticmethod
     def _preprod(pipeline: Pipeline, make: Callable[..., object], slot: int) -> FleetDriver:
-        """Pre-prod number `slot`; a simulated one draws its own timings."""
-        fleet = pipeline.preprod.fleet
-        if slot and getattr(fleet, "seed", None) is not None:
-            fleet = fleet.model_copy(update={"seed": fleet.seed + slot})  # type: ignore
+        """Pre-prod number `slot`: hosts of its own, as the driver's config says."""
+        fleet = pipeline.preprod.fleet.for_slot(slot)
         # Pre-prod is a host or two: staggering it would only make every release wait.
         return make(DRIVERS, fleet,  # type: ignore[return-value]
                     pipeline.rollout.model_copy(update={"stagger": 0.0}))

@@ -115,6 +115,15 @@ class AwsFleetConfig(ProviderConfig):
     def _known_placeholders(cls, command: str) -> str:
         return check_placeholders(command, COMMAND_FIELDS)
 
+    def for_slot(self, slot: int) -> AwsFleetConfig:
+        """The pre-prod of release slot `slot` (`train.in_flight`): the instances whose tags
+        name it, `{slot}` in a tag value (`role: chat-preprod-{slot}`)."""
+        tags = {key: value.replace("{slot}", str(slot)) for key, value in self.tags.items()}
+        if slot and tags == self.tags:
+            raise ValueError("a pre-prod per release needs a tag value naming the slot with "
+                             f"{{slot}}, e.g. role: preprod-{{slot}} (tags are {self.tags})")
+        return self.model_copy(update={"tags": tags})
+
 
 # --- one rollout -------------------------------------------------------------------------
 

@@ -66,6 +66,15 @@ class LocalFleetConfig(ProviderConfig):
             raise ValueError("agents: attach needs the `root` the agents run in")
         return self
 
+    def for_slot(self, slot: int) -> LocalFleetConfig:
+        """The pre-prod of release slot `slot` (`train.in_flight`): hosts of its own at
+        `<root>-<slot>` (where attached agents must run), on ports after the slots before."""
+        if not slot:
+            return self
+        return self.model_copy(update={
+            "root": f"{self.root}-{slot}" if self.root else None,
+            "base_port": self.base_port + slot * self.hosts if self.base_port else 0})
+
 
 @dataclass
 class _Host:

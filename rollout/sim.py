@@ -47,6 +47,12 @@ class SimFleetConfig(ProviderConfig):
     fail_share: float = Field(1.0, ge=0, le=1, description="share of hosts failing those releases")
     seed: int | None = None
 
+    def for_slot(self, slot: int) -> SimFleetConfig:
+        """The pre-prod of release slot `slot` (`train.in_flight`): its own timings."""
+        if not slot or self.seed is None:
+            return self
+        return self.model_copy(update={"seed": self.seed + slot})
+
 
 @dataclass(frozen=True)
 class _Rollout:

@@ -150,6 +150,13 @@ MALFORMED = [
      ["pipelines.us", "'boot' is used twice"], 3),
     ("a gate named like ci", _variant("name: synthetics}", "name: ci}"),
      ["pipelines.us", "'ci' is used twice"], 3),
+    ("pre-prod url naming no slot", _variant(
+        "preprod: {name: preprod-us,", "train: {in_flight: 2}\n    preprod: {url: "
+        "'https://preprod.example.com', name: preprod-us,"), ["pipelines.us", "{slot}"], 3),
+    ("aws pre-prod tags naming no slot", _variant(
+        "preprod: {name: preprod-us, fleet: {driver: sim, hosts: 1}}",
+        "train: {in_flight: 2}\n    preprod: {fleet: {driver: aws, tags: {role: preprod}, "
+        "slugs: {bucket: slugs}}}"), ["pipelines.us", "preprod.fleet", "{slot}"], 3),
     ("bad pipeline name", _variant("  us:\n", "  US East:\n"), ["pipelines", "lowercase"], 2),
     ("pipelines is a list", "version: 1\npipelines:\n  - us\n",
      ["pipelines", "dictionary"], 2),
@@ -196,3 +203,21 @@ def test_every_problem_is_reported_at_once() -> None:
 def test_a_missing_file_is_named() -> None:
     with pytest.raises(config.ConfigError, match=r"nowhere\.yaml: cannot read"):
         config.load("nowhere.yaml")
+
+
+def test_each_release_slot_gets_a_pre_prod_of_its_own() -> None:
+    """`train.in_flight` above 1: the pre-prod of slot N is other hosts, whatever the driver."""
+    from rollout.aws import AwsFleetConfig
+    from rollout.local import LocalFleetConfig
+    from rollout.sim import SimFleetConfig
+
+    local = LocalFleetConfig(driver="local", hosts=2, root="/srv/preprod", base_port=9000)
+    one = local.for_slot(1)
+    assert (one.root, one.base_port) == ("/srv/preprod-1", 9002)  # after slot 0's two ports
+    assert local.for_slot(0) == local
+    assert LocalFleetConfig(driver="local").for_slot(3).root is None  # a fresh folder each
+    aws = AwsFleetConfig(driver="aws", tags={"role": "preprod-{slot}", "app": "chat"},
+                         slugs={"bucket": "slugs"})
+    assert aws.for_slot(0).tags == {"role": "preprod-0", "app": "chat"}
+    assert aws.for_slot(2).tags == {"role": "preprod-2", "app": "chat"}
+    assert SimFleetConfig(driver="sim", seed=7).for_slot(2).seed == 9
