@@ -36,11 +36,12 @@ def lost_claim(store: Store, release_id: int, flow: str = "release",
                  "owner": owner})
 
 
-def left_at(store: Store, n: int, state: State, pipeline: str = "us") -> Release:
+def left_at(store: Store, n: int, state: State, pipeline: str = "us",
+            in_flight: int = 1) -> Release:
     """Merge commit n and take its release to `state` with store operations only, as the
     release flow of a lost process would have."""
     store.record_merge(pipeline, Commit(f"{n:040x}", "ann", f"change {n}", store.now()))
-    release = store.start_release(pipeline, 50, "test").release
+    release = store.start_release(pipeline, 50, "test", in_flight).release
     for step in PATH_TO:
         if release.state == state:
             break

@@ -139,6 +139,31 @@ def test_promoting_with_hosts_on_the_release_goes_on_to_live_and_is_watched(
     assert audit(store, "us", idle_fleet(runner)) == []
 
 
+def test_a_crash_mid_overtake_settles_both_releases_forward(tmp_path: Path) -> None:
+    """Two releases side by side, the newer published while the older rolled out, then the
+    process died: both go on from the hosts' real state and the fleet never goes back."""
+    runner, store, recorder = world(tmp_path, {"train.in_flight": 2})
+    deploy(runner, 1)
+    older = left_at(store, 2, State.PROMOTING, in_flight=2)
+    newer = left_at(store, 3, State.PROMOTING, in_flight=2)
+    for left in (older, newer):
+        lost_claim(store, left.id)
+    runner = restart(runner, [recorder])
+    fleet = runner.ship.pipeline("us").fleet
+    fleet.publish(older.ref())
+    fleet.publish(newer.ref())  # hosts still waiting out their stagger take #3
+
+    settled(runner)
+
+    assert store.release(newer.id).state == State.DONE
+    assert store.release(older.id).state in (State.DONE, State.SUPERSEDED)
+    history = [e.number for e in store.live_history("us")]
+    assert history == sorted(history) and history[-1] == 3  # never back in time
+    assert all(r.kind == "promote" for left in (older, newer) for r in store.rollouts(left.id))
+    assert idle_fleet(runner).release == 3
+    assert audit(store, "us", idle_fleet(runner)) == []
+
+
 def test_promoting_with_hosts_in_an_unknown_state_returns_them_and_halts(
         tmp_path: Path) -> None:
     runner, store, recorder = world(tmp_path)
