@@ -290,7 +290,7 @@ class Store:
             t.releases.c.state.in_([s.value for s in HOLDS_PIPELINE]))
             .order_by(t.releases.c.number.desc()).limit(1)).scalar()
         if newer is not None:
-            why = f"#{newer}, newer, carries its commits past the lock"
+            why = f"{release.pipeline}#{newer}, newer, carries its commits past the lock"
         elif conn.execute(sa.select(t.merges.c.id).where(
                 t.merges.c.pipeline == release.pipeline, t.merges.c.release_id.is_(None))
                 .limit(1)).first():
@@ -376,11 +376,9 @@ class Store:
             claimed = conn.execute(
                 t.pipelines.update()
                 .where(t.pipelines.c.name == pipeline,
-                       t.pipelines.c.in_flight_id.is_(None) if row.in_flight_id is None
-                       else t.pipelines.c.in_flight_id == row.in_flight_id,
+                       _unchanged(t.pipelines.c.in_flight_id, row.in_flight_id),
                        t.pipelines.c.next_number == row.next_number,
-                       t.pipelines.c.lock_id.is_(None) if row.lock_id is None
-                       else t.pipelines.c.lock_id == row.lock_id)
+                       _unchanged(t.pipelines.c.lock_id, row.lock_id))
                 .values(in_flight_id=release_id, next_number=row.next_number + 1)).rowcount
             if claimed != 1:
                 raise ConcurrentUpdate(f"pipeline {pipeline} changed while starting a release")
@@ -906,6 +904,11 @@ def _ensure_pipeline(conn: Connection, name: str, lock: bool = False) -> Any:
         conn.execute(insert(t.pipelines).values(name=name).on_conflict_do_nothing())
         row = conn.execute(query).one()
     return row
+
+
+def _unchanged(column: Any, read: Any) -> Any:
+    """The compare of a compare-and-set: the column still holds what was read."""
+    return column.is_(None) if read is None else column == read
 
 
 def _flights(conn: Connection, pipeline: str) -> tuple[Release, ...]:
