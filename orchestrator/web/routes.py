@@ -64,7 +64,8 @@ class WebUi:
             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
         self.templates.filters.update(when=_when, ago=self._ago, duration=charts.duration,
                                       link=_link, minutes=_minutes, percent=_percent)
-        self.templates.globals.update(static=STATIC_PATH, csrf_field=CSRF_FIELD, quote=quote)
+        self.templates.globals.update(static=STATIC_PATH, csrf_field=CSRF_FIELD, quote=quote,
+                                      stages=views.TIMELINE)
         self._rollbacks: set[asyncio.Task] = set()
 
     # --- rendering --------------------------------------------------------------------------

@@ -13,9 +13,11 @@ import pytest
 import requests
 
 from orchestrator.notify import Notice
+from orchestrator.release import State
 from orchestrator.runtime import Ship
 from orchestrator.store import Store
 from orchestrator.web.auth import CSRF_COOKIE, SESSION_COOKIE
+from shiptypes import Commit
 from tests.web.conftest import ENV, TOKEN, Served, SetClock, serving, sim_config, write_history
 
 
@@ -270,3 +272,19 @@ def test_a_trusted_proxy_names_the_operator(tmp_path: Path, ui: dict[str, Any],
             assert answer.status_code == 303 and lock.owner == user
         else:
             assert answer.status_code == 403 and snapshot(served.store) == before
+
+
+def test_a_release_waiting_out_a_lock_shows_ready_at_the_door(served: Served) -> None:
+    store = served.store
+    assert store.record_merge("us", Commit("be" * 20, "ann", "merged behind the lock"))
+    claim = store.start_release("us", 50, "ann")
+    assert claim.won, claim.reason
+    release = claim.release
+    for state in (State.BUILDING, State.PREPROD, State.GATING):
+        store.move(release.id, state)
+    store.take_lock("us", "bob", "incident 3")
+    assert store.begin_promotion(release.id).release.state == State.READY
+    page = requests.get(served.url + "/pipelines/us", timeout=10).text
+    item = page.split(f'data-release="{release.number}"', 1)[1].split("</li>", 1)[0]
+    assert '<span class="badge s-ready">ready</span>' in item
+    assert 'data-stage="door"' in item and 'data-stage="gates"' in item
