@@ -63,7 +63,8 @@ x-day: &day
   ci: {{type: sim, name: ci, duration: 4m, jitter: 0.25}}         # 3 to 5 min, beside the build
   gates:
     - {{type: sim, name: boot, duration: 20s, jitter: 0.2}}
-    - {{type: sim, name: synthetics, duration: 1m, jitter: 0.2, fail_share: {gate_fail}}}
+    - {{type: sim, name: synthetics, duration: 1m, jitter: 0.2, fail_share: {gate_fail},
+       seed: {seed}}}
   preprod:
     name: preprod
     fleet: {{driver: sim, hosts: 1, fetch: 40s, seed: {seed}}}   # 40 s + 4 workers × 20 s
@@ -71,7 +72,7 @@ x-day: &day
   fleet: {{driver: sim, hosts: {hosts}, seed: {seed}}}              # rollout/sim.py's timings
   rollout: {{stagger: 2m, max_failed_share: 0.05}}
   heartbeat:
-    source: {{type: sim, rate_per_min: 1030, breach_share: {breach}}}
+    source: {{type: sim, rate_per_min: 1030, breach_share: {breach}, seed: {seed}}}
     window: 1m
     watch: 20m
     metrics:

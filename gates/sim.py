@@ -25,6 +25,7 @@ class SimGateConfig(ProviderConfig):
                           "drawn once per release")
     fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
     fail_share: float = Field(0.0, ge=0, le=1, description="share of releases that fail at random")
+    seed: int | None = Field(None, description="varies which releases `fail_share` picks")
     error_releases: list[int] = Field(default_factory=list,
                                       description="release numbers whose check errors")
 
@@ -43,11 +44,18 @@ class SimGate:
         if release.number in self.config.error_releases:
             return GateResult(self.name, False, "simulated error: the check could not run",
                               duration_s=took, errored=True)
-        unlucky = random.Random(f"{release.pipeline}/{release.number}/{self.name}").random()
+        unlucky = random.Random(draw(f"{release.pipeline}/{release.number}/{self.name}",
+                                     self.config.seed)).random()
         if release.number in self.config.fail_releases or unlucky < self.config.fail_share:
             return GateResult(self.name, False, f"simulated failure against {target.name}",
                               duration_s=took)
         return GateResult(self.name, True, f"passed against {target.name}", duration_s=took)
+
+
+def draw(key: str, seed: int | None) -> str:
+    """The seed of a release's random draw: the same release always draws the same, and
+    another `seed` picks other releases."""
+    return key if seed is None else f"{key}/{seed}"
 
 
 def spread(seconds: float, jitter: float, seed: str) -> float:

@@ -10,6 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from gates.sim import draw
 from shiptypes import Point, ProviderConfig, ProviderContext, Series
 
 
@@ -21,6 +22,7 @@ class SimSourceConfig(ProviderConfig):
     breach_releases: list[int] = Field(default_factory=list, description="releases that break it")
     breach_share: float = Field(0.0, ge=0, le=1, description="share of releases that break "
                                 "it, at random by release number (seeded by pipeline)")
+    seed: int | None = Field(None, description="varies which releases `breach_share` picks")
     breach_ratio: float = Field(0.4, ge=0, description="the rate while a breaking release serves")
     down: bool = Field(False, description="the source answers nothing: no data")
 
@@ -53,7 +55,8 @@ class SimSource:
     def breaks(self, number: int | None) -> bool:
         """Whether release `number` breaks the heartbeat while it serves."""
         if number not in self._breaks:
-            unlucky = random.Random(f"{self._pipeline}/{number}/breach").random()
+            unlucky = random.Random(draw(f"{self._pipeline}/{number}/breach",
+                                         self.config.seed)).random()
             self._breaks[number] = number is not None and (
                 number in self.config.breach_releases or unlucky < self.config.breach_share)
         return self._breaks[number]

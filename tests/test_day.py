@@ -22,10 +22,11 @@ from tests.conftest import SIM_PIPELINES
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
-# Release numbers fail by a seeded draw: with these shares, train#2 fails its synthetics
-# gate and train#5 breaks the heartbeat (bench/day.py's pipeline names are the seeds).
+# Release numbers fail by a seeded draw: with these shares and this seed, train#2 fails its
+# synthetics gate and train#5 breaks the heartbeat (then only train#14 fails a gate, of the
+# first 14).
 OPTIONS = Options(hours=1.0, merges=30, burst_hour=None, speed=300.0, gate_fail=0.27,
-                  breach=0.03, unlock_after_min=5.0, redeliver=0.2, in_flight=1)
+                  breach=0.03, unlock_after_min=5.0, redeliver=0.2, in_flight=1, seed=1358)
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,9 @@ from gates.ci import GitHubCIGate
 from gates.command import CommandGate
 from gates.datadog_synthetics import DatadogSyntheticsGate
 from gates.http_checks import HttpChecksGate
+from gates.sim import SimGate, SimGateConfig
 from orchestrator.config import GateConfig
-from shiptypes import Gate, ProviderContext
+from shiptypes import Gate, PreprodTarget, ProviderContext, ReleaseRef, WallClock
 
 EXAMPLES = {
     BootGate: """
@@ -88,3 +89,16 @@ def test_a_typo_in_a_gate_is_an_error() -> None:
     with pytest.raises(ValidationError, match="Extra inputs"):
         TypeAdapter(GateConfig).validate_python({"type": "command", "comand": "true",
                                                  "command": "true"})
+
+
+def test_a_simulated_gate_fails_the_same_releases_for_a_seed_and_others_for_another() -> None:
+    context = ProviderContext("us", "us-east-1", clock=WallClock())
+
+    def failing(seed: int | None) -> list[int]:
+        gate = SimGate(SimGateConfig(type="sim", fail_share=0.3, seed=seed), context)
+        return [n for n in range(1, 41)
+                if not gate.run(ReleaseRef(n, "us", n, f"{n:040x}"), PreprodTarget("pp")).passed]
+
+    assert failing(1) == failing(1) and failing(None) == failing(None)
+    assert len({tuple(failing(s)) for s in (None, 1, 2)}) == 3  # each seed picks its own
+    assert 4 <= len(failing(2)) <= 20  # about 30% of 40
