@@ -289,3 +289,9 @@ class Series:
 @runtime_checkable
 class MetricSource(Protocol):
     def fetch(self, query: str, start: datetime, end: datetime, step_s: float) -> Series: ...
+
+
+def draw(key: str, seed: int | None) -> str:
+    """The seed of a simulated provider's random draw for a release: the same release always
+    draws the same, and another `seed` picks other releases."""
+    return key if seed is None else f"{key}/{seed}"

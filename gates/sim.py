@@ -14,6 +14,7 @@ from shiptypes import (
     ProviderContext,
     ReleaseRef,
     Seconds,
+    draw,
 )
 
 
@@ -50,12 +51,6 @@ class SimGate:
             return GateResult(self.name, False, f"simulated failure against {target.name}",
                               duration_s=took)
         return GateResult(self.name, True, f"passed against {target.name}", duration_s=took)
-
-
-def draw(key: str, seed: int | None) -> str:
-    """The seed of a release's random draw: the same release always draws the same, and
-    another `seed` picks other releases."""
-    return key if seed is None else f"{key}/{seed}"
 
 
 def spread(seconds: float, jitter: float, seed: str) -> float:

@@ -10,8 +10,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from gates.sim import draw
-from shiptypes import Point, ProviderConfig, ProviderContext, Series
+from shiptypes import Point, ProviderConfig, ProviderContext, Series, draw
 
 
 class SimSourceConfig(ProviderConfig):
