@@ -573,6 +573,10 @@ class Agent:
     def _adopt(self) -> None:
         """Take over the workers a killed agent left serving."""
         for worker in live_workers(self.layout):
+            if worker.state == "draining":
+                # Recorded as draining before it was signalled: the killed agent may never
+                # have told it. A second SIGTERM is harmless.
+                worker.signal(signal.SIGTERM)
             (self.draining if worker.state == "draining" else self.workers).append(worker)
         self._save_workers()
 

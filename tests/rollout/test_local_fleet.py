@@ -122,7 +122,11 @@ def test_an_agent_killed_mid_restart_reconciles_and_other_hosts_never_fail(
         layout, started_at = fleet.hosts[0].layout, fleet.statuses()[0]["started_at"]
         records = json.loads(layout.workers.read_text())
         before = {r["pid"] for r in records}
-        layout.workers.write_text(json.dumps(records[:-1]))  # killed before recording one
+        # Killed before recording one worker, and after recording another as draining but
+        # before telling it: the new agent must tell it, or it serves on forever.
+        told_nothing = next(r for r in records[:-1] if r["state"] == "serving")
+        told_nothing["state"] = "draining"
+        layout.workers.write_text(json.dumps(records[:-1]))
         time.sleep(0.5)  # its workers keep serving without it
         fleet.start_host(0)
         status = wait_done(fleet)
