@@ -118,13 +118,15 @@ def test_a_gate_that_errors_fails_closed(tmp_path: Path) -> None:
 
 
 def test_ci_runs_beside_the_build_and_gates_run_concurrently(tmp_path: Path) -> None:
-    runner, store, _ = world(tmp_path, {"build.duration": 40, "ci.duration": 40,
-                                        "gates.0.duration": 30, "gates.1.duration": 30})
+    # Long enough that the engine's own real-time cost (×60 here) stays well inside the
+    # margin between concurrent (about 210 pipeline seconds) and serial work.
+    runner, store, _ = world(tmp_path, {"build.duration": 120, "ci.duration": 120,
+                                        "gates.0.duration": 90, "gates.1.duration": 90})
     release = store.release(deploy(runner, 1, watch=False).release.id)
-    # Serial work would take build 40 + CI 40 + gates 30 + 30 = 140 pipeline seconds.
+    # Serial work would take build 120 + CI 120 + gates 90 + 90 = 420 pipeline seconds.
     to_promotion = (release.entered(State.PROMOTING) - release.entered(State.BUILDING))
-    assert to_promotion.total_seconds() < 100
-    assert stage_seconds(release)["gates"] < 50  # the slowest gate, not the sum
+    assert to_promotion.total_seconds() < 300
+    assert stage_seconds(release)["gates"] < 150  # the slowest gate, not the sum
 
 
 def test_a_breach_rolls_back_locks_and_refuses_deploys_until_unlocked(tmp_path: Path) -> None:
