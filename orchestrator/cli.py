@@ -24,6 +24,8 @@ from orchestrator import config as config_module
 from orchestrator.config import ConfigError, UnknownPipeline
 
 OK, REFUSED, BAD_INPUT = 0, 1, 2
+STATE_DIR = Path(".ship")  # as orchestrator.runtime.Ship's default
+ROLLBACK_WAIT_S = 3600.0  # a rollback through ship serve answers once every host started
 EPILOG = """exit codes:
   0  ok
   1  the operation was refused or failed (locked, gate failed, rollback refused)
@@ -320,17 +322,60 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    loaded, store = _open(args)
-    name = _pipeline(loaded, args.pipeline)
-    outcome = _run(store, loaded, lambda runner: runner.rollback(
-        name, _actor(args), args.reason, to_number=args.to, minutes_ago=args.minutes_ago))
+    """Through a running `ship serve` on this store when there is one (it has the fleet
+    warm: the hosts are told in a fraction of a second), else in this process."""
+    outcome = _rollback_through_serve(args)
+    if outcome is None:
+        outcome = _rollback_here(args)
     if outcome.bad_input:
         raise BadInput(outcome.reason)
     if not outcome.won:
         raise Refused(outcome.reason)
+    name = args.pipeline
     out.print(f"⏪ {outcome.reason}; {name} is locked (unlock with `ship unlock {name} "
-              "--reason …`)")
+              "--reason …`)", markup=False, highlight=False)
     return OK
+
+
+def _rollback_here(args: argparse.Namespace) -> Any:
+    """Roll back in this process, then settle what a stopped process left. Without a
+    Prefect server, outside Prefect's engine: a temporary API would cost ~10 s first."""
+    loaded, store = _open(args)
+    name = _pipeline(loaded, args.pipeline)
+
+    async def rollback_then_reconcile(runner: Any) -> Any:
+        outcome = await runner.rollback(
+            name, _actor(args), args.reason, to_number=args.to, minutes_ago=args.minutes_ago,
+            as_flow=bool(os.environ.get("PREFECT_API_URL")))
+        await _reconciled(runner)
+        return outcome
+
+    return _run(store, loaded, rollback_then_reconcile, reconcile_first=False)
+
+
+def _rollback_through_serve(args: argparse.Namespace) -> Any:
+    """The outcome of the rollback as a running `ship serve` did it; None when no server
+    runs on this store and pipelines file, or it did not answer."""
+    from orchestrator import handle
+    from orchestrator.release import RollbackOutcome
+
+    served = handle.find(STATE_DIR, args.config)
+    if served is None:
+        return None
+    asked = {"pipeline": args.pipeline, "actor": _actor(args), "reason": args.reason,
+             "to": args.to, "minutes_ago": args.minutes_ago}
+    try:
+        status, answer = handle.call(served, "/api/rollback", asked, timeout=ROLLBACK_WAIT_S)
+    except handle.Unreachable as error:
+        err.print(f"{error}: rolling back from this process", markup=False, highlight=False)
+        return None
+    if status in (400, 404) and "error" in answer:
+        raise BadInput(answer["error"])
+    if status not in (200, 400, 409):
+        err.print(f"ship serve answered {status}: rolling back from this process")
+        return None
+    return RollbackOutcome(bool(answer.get("won")), str(answer.get("reason", "")),
+                           bad_input=bool(answer.get("bad_input")))
 
 
 def _reconcile(args: argparse.Namespace) -> int:
@@ -370,7 +415,8 @@ def _serve(args: argparse.Namespace) -> int:
             prefect = PrefectServing(args.config, store.url)
         except NeedsPrefectAPI as error:
             raise BadInput(str(error)) from None
-    return run(Ship(loaded, store), args.host, args.port, args.drain_timeout, prefect)
+    return run(Ship(loaded, store), args.host, args.port, args.drain_timeout, prefect,
+               config_path=args.config)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -419,7 +465,6 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
     """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set),
     after settling what a stopped ship process left (orchestrator.reconcile). With
     `settle`, wait for the watches and fleet followers the work started."""
-    from orchestrator.reconcile import reconcile
     from orchestrator.runner import Runner
     from orchestrator.runtime import Ship, use
 
@@ -427,10 +472,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
 
     async def go() -> Any:
         if reconcile_first:
-            for o in await reconcile(runner.ship):
-                if o.action != "left":
-                    err.print(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: "
-                              f"{o.detail}", highlight=False)
+            await _reconciled(runner)
         result = await work(runner)
         if settle:
             for name in runner.ship.running():
@@ -438,6 +480,16 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
         return result
 
     return asyncio.run(go())
+
+
+async def _reconciled(runner: Any) -> None:
+    """Settle what a stopped ship process left (orchestrator.reconcile), saying what."""
+    from orchestrator.reconcile import reconcile
+
+    for o in await reconcile(runner.ship):
+        if o.action != "left":
+            err.print(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: "
+                      f"{o.detail}", highlight=False, markup=False)
 
 
 if __name__ == "__main__":

@@ -9,18 +9,18 @@ the process's runtime.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
-from prefect import flow, get_run_logger, task
+from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.logging import get_logger
 
 from heartbeat.detector import Decision, MetricRule
 from heartbeat.watcher import look
 from orchestrator import runtime
-from orchestrator.release import SHIPPED, TRANSITIONS, State
+from orchestrator.release import SHIPPED, TRANSITIONS, RollbackOutcome, State
 from orchestrator.rollback import NoRollbackTarget, choose_target
 from orchestrator.runtime import PipelineRuntime
 from orchestrator.slugs import BuildFailed
@@ -31,6 +31,7 @@ TASK = {"cache_policy": NO_CACHE, "persist_result": False, "retries": 0}
 FLOW = {"persist_result": False, "validate_parameters": False}
 TAKEN_OVER = "the fleet was taken over by"
 OVERTAKEN = "overtaken by"
+log = get_logger("ship.flows")  # also outside a flow run: a rollback may run without one
 
 
 # --- release -----------------------------------------------------------------------------
@@ -467,15 +468,6 @@ async def _on_breach(rt: PipelineRuntime, release: Release, breach: Decision) ->
 # --- rollback -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class RollbackOutcome:
-    won: bool
-    reason: str
-    target: int | None = None  # release number rolled back to
-    rollback_id: int | None = None
-    bad_input: bool = False
-
-
 @flow(name="rollback", flow_run_name="{pipeline}-rollback-by-{actor}", **FLOW)
 async def rollback_flow(pipeline: str, actor: str, reason: str, auto: bool = False,
                         to_number: int | None = None, minutes_ago: float | None = None,
@@ -543,7 +535,7 @@ async def _move_fleet_back(rt: PipelineRuntime, rollback_id: int, live: Release,
     if trouble:
         rt.notify("rollback", f"rollback to {target.name} failed: {trouble}", live,
                   level="page", actor=actor)
-        get_run_logger().error("rollback to %s failed: %s", target.name, trouble)
+        log.error("rollback to %s failed: %s", target.name, trouble)
         return RollbackOutcome(False, trouble, target.number, rollback_id)
     rt.notify("rollback", f"rolled back to {target.name}; {rt.name} is locked", target,
               actor=actor)

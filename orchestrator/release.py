@@ -16,6 +16,7 @@ lets a pipeline ship many times an hour.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 
 
@@ -80,3 +81,14 @@ def check_transition(release: str, current: State | str, wanted: State | str) ->
     current, wanted = State(current), State(wanted)
     if wanted not in TRANSITIONS[current]:
         raise IllegalTransition(release, current, wanted)
+
+
+@dataclass(frozen=True)
+class RollbackOutcome:
+    """What a rollback came to, wherever it ran (a flow, the CLI, through ship serve)."""
+
+    won: bool
+    reason: str
+    target: int | None = None  # release number rolled back to
+    rollback_id: int | None = None
+    bad_input: bool = False

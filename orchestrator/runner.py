@@ -45,6 +45,7 @@ class Runner:
         self._stage_threads: dict[str, int] = {}
         self._pool_size = 0  # threads in the pool this runner gave the loop, 0: asyncio's
         self._promoting: dict[str, int] = {}  # pipeline → number of the release rolling out
+        self._rollbacks: set[asyncio.Task] = set()
 
     def kick(self, pipeline: str, actor: str = "ship") -> asyncio.Task:
         """Make sure what is queued on `pipeline` ships: start its train loop if it is idle,
@@ -192,10 +193,30 @@ class Runner:
             await asyncio.gather(*list(rt.watches), return_exceptions=True)
 
     async def rollback(self, pipeline: str, actor: str, reason: str,
-                       to_number: int | None = None,
-                       minutes_ago: float | None = None) -> flows.RollbackOutcome:
-        return await flows.rollback_flow(pipeline, actor=actor, reason=reason, auto=False,
-                                         to_number=to_number, minutes_ago=minutes_ago)
+                       to_number: int | None = None, minutes_ago: float | None = None,
+                       as_flow: bool = True) -> flows.RollbackOutcome:
+        """A rollback by hand. `as_flow=False` takes the same steps outside Prefect's
+        engine: a one-off CLI with no Prefect API would otherwise wait ~10 s for a temporary
+        one before telling the fleet; the store's rollback and events are its record."""
+        rollback = flows.rollback_flow if as_flow else flows.rollback_flow.fn
+        return await rollback(pipeline, actor=actor, reason=reason, auto=False,
+                              to_number=to_number, minutes_ago=minutes_ago)
+
+    async def start_rollback(self, pipeline: str, actor: str, reason: str,
+                             to_number: int | None = None,
+                             minutes_ago: float | None = None) -> flows.RollbackOutcome:
+        """Roll back in a task of its own and wait for it: whoever asked may stop waiting
+        (a closed connection), the rollback goes on, and settle_rollbacks() waits for it."""
+        work = asyncio.ensure_future(self.rollback(pipeline, actor, reason, to_number,
+                                                   minutes_ago))
+        self._rollbacks.add(work)
+        work.add_done_callback(self._rollbacks.discard)
+        return await asyncio.shield(work)
+
+    async def settle_rollbacks(self) -> None:
+        """Wait for the rollbacks started with start_rollback()."""
+        while self._rollbacks:
+            await asyncio.gather(*list(self._rollbacks), return_exceptions=True)
 
 
 SPARE_THREADS = 8  # watches, rollbacks and store calls beside the stages

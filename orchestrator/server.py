@@ -26,13 +26,15 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from orchestrator import intake, slack_actions
+from orchestrator import handle, intake, slack_actions
+from orchestrator.api import mount_api
 from orchestrator.intake import GitHubIntake
 from orchestrator.release import IN_FLIGHT, State
 from orchestrator.runner import DeployOutcome, Runner
@@ -109,20 +111,24 @@ class ServeRunner(Runner):
                   "ride the next release", release, level="warning")
 
 
-def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None) -> FastAPI:
-    """The HTTP face of ship: GitHub webhooks, Slack buttons, health, and the web UI when
-    it is installed. Secrets come from `env` (default: the process environment)."""
+def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None,
+               api_token: str = "") -> FastAPI:
+    """The HTTP face of ship: GitHub webhooks, Slack buttons, health, the operator API for
+    the CLI (with `api_token`), and the web UI when it is installed. Secrets come from `env`
+    (default: the process environment)."""
     env = os.environ if env is None else env
     github = GitHubIntake(ship, runner, env.get(intake.SECRET_ENV, ""))
     slack = SlackActions(ship, runner, env.get(slack_actions.SECRET_ENV, ""))
     app = FastAPI(title="ship", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ship, app.state.runner, app.state.slack = ship, runner, slack
     app.state.stopping = False
+    app.state.prefect = "starting"  # ready once its API answers (warm_prefect)
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
         stopping = app.state.stopping
         return JSONResponse({"ok": not stopping, "stopping": stopping,
+                             "prefect": app.state.prefect,
                              "pipelines": list(ship.config.pipelines)},
                             status_code=503 if stopping else 200)
 
@@ -142,6 +148,7 @@ def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None)
     async def slack_interaction(request: Request) -> JSONResponse:
         return await answer(request, slack.handle)
 
+    mount_api(app, ship, runner, api_token)
     if importlib.util.find_spec("orchestrator.web") is not None:
         importlib.import_module("orchestrator.web").mount_ui(app, ship, runner)
     return app
@@ -157,11 +164,13 @@ class _Server(uvicorn.Server):
 
 async def serve(ship: Ship, host: str, port: int, drain_timeout: float,
                 prefect: PrefectServing | None = None,
-                say: Callable[[str], None] = print) -> int:
+                say: Callable[[str], None] = print,
+                config_path: Path = Path("pipelines.yaml")) -> int:
     """Serve until SIGTERM or SIGINT, then stop gracefully. Returns the exit code."""
     use(ship)
     runner = ServeRunner(ship)
-    app = create_app(ship, runner)
+    token = handle.new_token()
+    app = create_app(ship, runner, api_token=token)
     server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
                                     access_log=False, lifespan="off",
                                     timeout_graceful_shutdown=5))
@@ -178,36 +187,50 @@ async def serve(ship: Ship, host: str, port: int, drain_timeout: float,
     bound = server.servers[0].sockets[0].getsockname()
     say(f"ship serve listening on http://{bound[0]}:{bound[1]} "
         f"(pipelines: {', '.join(ship.config.pipelines)})")
+    _publish_handle(ship, bound, token, config_path)
     for name in (intake.SECRET_ENV, slack_actions.SECRET_ENV):
         if not os.environ.get(name):
             say(f"{name} is not set: its endpoint refuses every request (503)")
+    warming = asyncio.create_task(warm_prefect(app, say))
     starting = asyncio.create_task(_settle_and_resume(ship, runner, say))
     await asyncio.wait([serving, asyncio.create_task(stop.wait())],
                        return_when=asyncio.FIRST_COMPLETED)
     starting.cancel()
+    warming.cancel()
     say("ship serve stopping: no new requests; waiting for releases in flight "
         f"(up to {drain_timeout:g}s)")
     app.state.stopping = True
+    handle.withdraw(ship.state_dir, os.getpid())
     server.should_exit = True
     await serving
     cut = await runner.drain(drain_timeout, force)
-    sent = await _wind_down(ship, app.state.slack, prefect, force)
+    sent = await _wind_down(ship, runner, app.state.slack, prefect, force)
     say("ship serve stopped" + (f"; releases cut short on {', '.join(cut)}" if cut else "")
         + ("" if sent else "; some notices were not sent"))
     return 0
 
 
-async def _wind_down(ship: Ship, slack: SlackActions, prefect: PrefectServing | None,
-                     force: asyncio.Event) -> bool:
-    """After the drain: rollbacks pressed in Slack finish, the Prefect runner stops, the
-    notifiers send what they hold, providers stop. Whether every notice was sent."""
+async def _wind_down(ship: Ship, runner: Runner, slack: SlackActions,
+                     prefect: PrefectServing | None, force: asyncio.Event) -> bool:
+    """After the drain: rollbacks asked for by Slack or the CLI finish, the Prefect runner
+    stops, the notifiers send what they hold, providers stop. Whether every notice was sent."""
     with contextlib.suppress(asyncio.TimeoutError):
-        await asyncio.wait_for(slack.settle(), 0.1 if force.is_set() else 30)
+        await asyncio.wait_for(asyncio.gather(slack.settle(), runner.settle_rollbacks()),
+                               0.1 if force.is_set() else 30)
     if prefect is not None:
         await prefect.stop()
     sent = await asyncio.to_thread(ship.close_notifiers, 1.0 if force.is_set() else 10.0)
     ship.close_providers()
     return sent
+
+
+def _publish_handle(ship: Ship, bound: tuple, token: str, config_path: Path) -> None:
+    """Tell CLIs on this machine where this server is (orchestrator.handle)."""
+    host, port = bound[0], bound[1]
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    handle.publish(ship.state_dir, handle.ServeHandle(
+        url=f"http://{host}:{port}", pid=os.getpid(), token=token,
+        config=str(config_path.resolve()), store=handle.store_key(ship.store.url)))
 
 
 async def _started(server: uvicorn.Server, serving: asyncio.Task) -> bool:
@@ -245,6 +268,27 @@ def _on_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
         loop.add_signal_handler(sig, on_signal)
 
 
+async def warm_prefect(app: FastAPI, say: Callable[[str], None]) -> None:
+    """Reach Prefect's API now, starting the temporary one if no PREFECT_API_URL is set
+    (~10 s), so the first rollback asked of this server does not wait for it."""
+    from prefect.client.orchestration import get_client
+
+    def reach() -> Exception | None:
+        # In a thread: Prefect starts its temporary API synchronously (it would block
+        # this loop, /healthz included, for its ~10 s).
+        with get_client(sync_client=True) as client:
+            return client.api_healthcheck()
+
+    try:
+        failure = await asyncio.to_thread(reach)
+    except Exception as error:
+        failure = error
+    app.state.prefect = "ready" if failure is None else "unreachable"
+    if failure is not None:
+        say(f"Prefect's API did not answer ({type(failure).__name__}: {failure}); flows try "
+            "again when they run")
+
+
 async def _settle_and_resume(ship: Ship, runner: Runner, say: Callable[[str], None]) -> None:
     """Settle what a stopped process left (orchestrator.reconcile: releases half-way,
     watches cut short), then ship what was merged while no server ran."""
@@ -262,8 +306,9 @@ async def _settle_and_resume(ship: Ship, runner: Runner, say: Callable[[str], No
 
 
 def run(ship: Ship, host: str, port: int, drain_timeout: float,
-        prefect: PrefectServing | None = None) -> int:
+        prefect: PrefectServing | None = None,
+        config_path: Path = Path("pipelines.yaml")) -> int:
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    return asyncio.run(serve(ship, host, port, drain_timeout, prefect, say))
+    return asyncio.run(serve(ship, host, port, drain_timeout, prefect, say, config_path))
