@@ -107,6 +107,8 @@ def parse_seconds(value: object) -> float:
 # Bounded, so that no wait is endless and no deadline overflows a date.
 MAX_SECONDS = 365 * 86400.0
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS), BeforeValidator(parse_seconds)]
+ReleaseNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def check_placeholders(template: str, known: frozenset[str]) -> str:

@@ -71,15 +71,17 @@ class Heartbeat(ProviderConfig):
 
 class Rollback(ProviderConfig):
     auto: bool = True
-    lookback_minutes: float = Field(20.0, gt=0, description="roll back to what was live then")
+    lookback_minutes: float = Field(20.0, gt=0, le=525_600,
+                                    description="roll back to what was live then")
 
 
 class Stall(ProviderConfig):
-    halts: int = Field(3, ge=1, description="halted releases in a row before paging")
+    halts: int = Field(3, ge=1, le=1000, description="halted releases in a row before paging")
 
 
 class Train(ProviderConfig):
-    max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
+    max_commits: int = Field(50, ge=1, le=10_000,
+                             description="commits that ride one release at most")
     in_flight: int = Field(1, ge=1, le=64, description=(
         "releases in flight at once, each with its own pre-prod; with 1, the next release "
         "starts when every host has started the last one. More let a release start as its "
@@ -128,11 +130,14 @@ class Delivery(ProviderConfig):
     within a total budget. Sending happens off the release's path, so a slow vendor only
     delays its own messages."""
 
-    attempts: int = Field(5, ge=1, description="tries per message, the first included")
-    backoff: float = Field(1.0, gt=0, description="real seconds before the first retry; doubles")
-    max_wait: float = Field(30.0, gt=0, description="the longest wait between tries")
-    give_up_after: float = Field(120.0, gt=0, description="real seconds, all tries included")
-    request_timeout: float = Field(10.0, gt=0)
+    attempts: int = Field(5, ge=1, le=100,
+                          description="tries per message, the first included")
+    backoff: float = Field(1.0, gt=0, le=3600,
+                           description="real seconds before the first retry; doubles")
+    max_wait: float = Field(30.0, gt=0, le=3600, description="the longest wait between tries")
+    give_up_after: float = Field(120.0, gt=0, le=86400,
+                                 description="real seconds, all tries included")
+    request_timeout: float = Field(10.0, gt=0, le=600)
 
 
 class SlackNotify(Delivery):
@@ -247,7 +252,7 @@ class Ui(ProviderConfig):
     secret_env: str = Field("SHIP_UI_SECRET", min_length=1,
                             description="environment variable with the cookie signing key "
                             "(unset: a new key per process, so sessions end on restart)")
-    session_hours: float = Field(12.0, gt=0, description="how long a login lasts")
+    session_hours: float = Field(12.0, gt=0, le=8760, description="how long a login lasts")
 
     @model_validator(mode="after")
     def _header_needs_operators(self) -> Ui:
