@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ConfigError as error:
         for problem in error.problems:
-            err.print(f"[red]✘[/] {escape(str(problem))}", highlight=False)
+            err.print(f"[red]✘[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
         err.print(f"{len(error.problems)} problem(s) found")
         return BAD_INPUT
     except (BadInput, UnknownPipeline) as error:
