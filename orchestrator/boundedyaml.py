@@ -19,7 +19,7 @@ import yaml
 
 MAX_BYTES = 1 << 20  # a pipelines file is a few KB
 MAX_DEPTH = 64
-MAX_NODES = 50_000  # after alias expansion; a pipelines file holds hundreds
+MAX_NODES = 20_000  # after alias expansion; a pipelines file holds hundreds
 _COLLECTION_START = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 
 
