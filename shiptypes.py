@@ -9,6 +9,7 @@ Everything here is small and dependency-free apart from pydantic, so that `gates
 from __future__ import annotations
 
 import asyncio
+import math
 import string
 import time
 from collections.abc import Callable, Mapping
@@ -94,12 +95,20 @@ def parse_seconds(value: object) -> float:
             ) from None
     else:
         raise ValueError("a duration is a number of seconds or a string like '4m'")
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite duration")
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
+    if seconds > MAX_SECONDS:
+        raise ValueError(f"{value!r} is longer than a year, the longest duration ship accepts")
     return seconds
 
 
-Seconds = Annotated[float, BeforeValidator(parse_seconds)]
+# Bounded, so that no wait is endless and no deadline overflows a date.
+MAX_SECONDS = 365 * 86400.0
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS), BeforeValidator(parse_seconds)]
+ReleaseNumber = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 def check_placeholders(template: str, known: frozenset[str]) -> str:
@@ -185,7 +194,8 @@ class PreprodTarget:
 class ProviderConfig(BaseModel):
     """Base of every provider's config block: a typo is an error, never silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity pass every bound (NaN compares false), then hang or overflow a wait.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class RolloutSettings(ProviderConfig):
@@ -194,7 +204,8 @@ class RolloutSettings(ProviderConfig):
 
     stagger: Seconds = 60.0
     drain_timeout: Seconds = 30.0
-    keep_releases: int = Field(5, ge=1, description="releases kept on each host for rollback")
+    keep_releases: int = Field(5, ge=1, le=100, description="releases kept on each host for "
+                               "rollback")
     max_failed_share: float = Field(
         0.05, ge=0, le=1, description="halt and revert when more hosts than this share fail"
     )

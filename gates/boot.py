@@ -36,8 +36,9 @@ class BootGateConfig(ProviderConfig):
     expect_status: int = Field(200, ge=100, le=599)
     timeout: Seconds = Field(60.0, gt=0, description="deadline for a healthy answer")
     interval: Seconds = Field(1.0, gt=0, description="wait between health polls")
-    request_timeout: float = Field(5.0, gt=0, description="real seconds for one health poll")
-    tail_lines: int = Field(40, ge=1)
+    request_timeout: float = Field(5.0, gt=0, le=600,
+                                   description="real seconds for one health poll")
+    tail_lines: int = Field(40, ge=1, le=10_000)
 
     @field_validator("command")
     @classmethod

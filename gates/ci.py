@@ -54,8 +54,9 @@ class GitHubCIConfig(ProviderConfig):
     timeout: Seconds = Field(1800.0, gt=0, description="deadline for CI to finish")
     interval: Seconds = Field(10.0, gt=0, description="first wait between polls; doubles")
     max_interval: Seconds = Field(60.0, gt=0)
-    max_errors: int = Field(3, ge=0, description="network errors and 5xx in a row tolerated")
-    request_timeout: float = Field(10.0, gt=0, description="real seconds for one API call")
+    max_errors: int = Field(3, ge=0, le=100,
+                            description="network errors and 5xx in a row tolerated")
+    request_timeout: float = Field(10.0, gt=0, le=600, description="real seconds for one API call")
 
 
 @dataclass(frozen=True)

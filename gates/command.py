@@ -30,7 +30,7 @@ class CommandGateConfig(ProviderConfig):
     command: str = Field(min_length=1, description="a shell command; placeholders allowed")
     cwd: Path | None = None
     timeout: Seconds = Field(600.0, gt=0)
-    tail_lines: int = Field(40, ge=1, description="lines of output kept in the result")
+    tail_lines: int = Field(40, ge=1, le=10_000, description="lines of output kept in the result")
     secrets: list[str] = Field(default_factory=list,
                                description="more environment variables whose values are masked")
 

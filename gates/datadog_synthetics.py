@@ -57,8 +57,9 @@ class DatadogSyntheticsConfig(ProviderConfig):
     timeout: Seconds = Field(600.0, gt=0, description="deadline for the batch to finish")
     interval: Seconds = Field(5.0, gt=0, description="first wait between polls; doubles")
     max_interval: Seconds = Field(30.0, gt=0)
-    max_errors: int = Field(3, ge=0, description="network errors and 5xx in a row tolerated")
-    request_timeout: float = Field(10.0, gt=0, description="real seconds for one API call")
+    max_errors: int = Field(3, ge=0, le=100,
+                            description="network errors and 5xx in a row tolerated")
+    request_timeout: float = Field(10.0, gt=0, le=600, description="real seconds for one API call")
 
     @field_validator("start_url")
     @classmethod

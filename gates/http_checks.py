@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import requests
 from pydantic import Field, field_validator, model_validator
@@ -26,16 +26,18 @@ from shiptypes import (
     Seconds,
 )
 
+HttpStatus = Annotated[int, Field(ge=100, le=599)]
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _MISSING = object()
 
 
 class Expect(ProviderConfig):
-    status: int | list[int] = 200
+    status: HttpStatus | list[HttpStatus] = 200
     contains: list[str] = Field(default_factory=list, description="text the body must contain")
     json_fields: dict[str, Any] = Field(default_factory=dict, alias="json",
                                         description="dotted path → expected value")
-    max_latency: Seconds | None = Field(None, description="real seconds, e.g. 500ms")
+    max_latency: Seconds | None = Field(None, gt=0, description="real seconds, e.g. 500ms")
 
     @field_validator("contains", mode="before")
     @classmethod
@@ -51,7 +53,7 @@ class HttpCheck(ProviderConfig):
     body: str | None = None
     json_body: Any = Field(None, alias="json")
     expect: Expect = Expect()
-    retries: int = Field(2, ge=0, description="tries after the first")
+    retries: int = Field(2, ge=0, le=100, description="tries after the first")
     retry_delay: Seconds = Field(1.0, ge=0)
 
     @model_validator(mode="after")
@@ -69,7 +71,7 @@ class HttpChecksConfig(ProviderConfig):
     type: Literal["http_checks"]
     name: str = "synthetics"
     checks: list[HttpCheck] = Field(min_length=1)
-    request_timeout: float = Field(10.0, gt=0, description="real seconds for one request")
+    request_timeout: float = Field(10.0, gt=0, le=600, description="real seconds for one request")
 
 
 class HttpChecksGate(GuardedGate[HttpChecksConfig]):

@@ -12,8 +12,10 @@ from shiptypes import (
     PreprodTarget,
     ProviderConfig,
     ProviderContext,
+    ReleaseNumber,
     ReleaseRef,
     Seconds,
+    Seed,
     draw,
 )
 
@@ -24,10 +26,11 @@ class SimGateConfig(ProviderConfig):
     duration: Seconds = 0.0
     jitter: float = Field(0.0, ge=0, le=1, description="relative spread of the duration, "
                           "drawn once per release")
-    fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
+    fail_releases: list[ReleaseNumber] = Field(default_factory=list,
+                                               description="release numbers that fail")
     fail_share: float = Field(0.0, ge=0, le=1, description="share of releases that fail at random")
-    seed: int | None = Field(None, description="varies which releases `fail_share` picks")
-    error_releases: list[int] = Field(default_factory=list,
+    seed: Seed | None = Field(None, description="varies which releases `fail_share` picks")
+    error_releases: list[ReleaseNumber] = Field(default_factory=list,
                                       description="release numbers whose check errors")
 
 

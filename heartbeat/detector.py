@@ -90,7 +90,8 @@ class Baseline(ProviderConfig):
     fallback: Literal["trailing", "hold"] = Field("trailing", description="where a seasonal "
                                                   "baseline lacks min_weeks: judge against the "
                                                   "trailing window, or hold (no data)")
-    spread_windows: int = Field(24, ge=1, description="recent windows pooled to measure how "
+    spread_windows: int = Field(24, ge=1, le=10_000,
+                                description="recent windows pooled to measure how "
                                 "far a seasonal baseline's weeks stray from one another")
 
     @model_validator(mode="after")
@@ -115,10 +116,13 @@ class MetricRule(ProviderConfig):
     query: str = Field(min_length=1)
     baseline: Baseline = Baseline()
     min_ratio: float = Field(0.6, gt=0, le=1, description="breach below this share of baseline")
-    max_ratio: float | None = Field(None, gt=1, description="breach above this multiple")
-    windows: int = Field(2, ge=1, description="consecutive windows out of bounds to breach")
-    min_volume: float = Field(0.0, ge=0, description="ignore windows whose baseline is lower")
-    noise_sigmas: float = Field(3.0, ge=0, description="a breach must also be this many "
+    max_ratio: float | None = Field(None, gt=1, le=1000,
+                                    description="breach above this multiple")
+    windows: int = Field(2, ge=1, le=1000,
+                         description="consecutive windows out of bounds to breach")
+    min_volume: float = Field(0.0, ge=0, le=1e15,
+                              description="ignore windows whose baseline is lower")
+    noise_sigmas: float = Field(3.0, ge=0, le=100, description="a breach must also be this many "
                                 "standard deviations of the baseline's spread away; 0: ratios only")
 
 

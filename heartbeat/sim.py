@@ -10,19 +10,22 @@ from typing import Literal
 
 from pydantic import Field
 
-from shiptypes import Point, ProviderConfig, ProviderContext, Series, draw
+from shiptypes import Point, ProviderConfig, ProviderContext, ReleaseNumber, Seed, Series, draw
 
 
 class SimSourceConfig(ProviderConfig):
     type: Literal["sim"]
-    rate_per_min: float = Field(1000.0, gt=0)
+    rate_per_min: float = Field(1000.0, gt=0, le=1e9)
     noise: float = Field(0.03, ge=0, le=0.5, description="relative noise per window")
     daily_swing: float = Field(0.1, ge=0, lt=1, description="relative daily amplitude")
-    breach_releases: list[int] = Field(default_factory=list, description="releases that break it")
+    breach_releases: list[ReleaseNumber] = Field(default_factory=list,
+                                                 description="releases that break it")
     breach_share: float = Field(0.0, ge=0, le=1, description="share of releases that break "
                                 "it, at random by release number (seeded by pipeline)")
-    seed: int | None = Field(None, description="varies which releases `breach_share` picks")
-    breach_ratio: float = Field(0.4, ge=0, description="the rate while a breaking release serves")
+    seed: Seed | None = Field(None,
+                              description="varies which releases `breach_share` picks")
+    breach_ratio: float = Field(0.4, ge=0, le=1000,
+                                description="the rate while a breaking release serves")
     down: bool = Field(False, description="the source answers nothing: no data")
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from orchestrator import config as config_module
 from orchestrator.config import ConfigError, UnknownPipeline
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except ConfigError as error:
         for problem in error.problems:
-            err.print(f"[red]✘[/] {problem}", highlight=False, markup=True)
+            err.print(f"[red]✘[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
         err.print(f"{len(error.problems)} problem(s) found")
         return BAD_INPUT
     except (BadInput, UnknownPipeline) as error:

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, Field, ValidationError, field_validator, mo
 from gates import GATES
 from heartbeat import SOURCES
 from heartbeat.detector import MetricRule
+from orchestrator import boundedyaml
 from orchestrator.notify.pagerduty import PagerDutyConfig
 from orchestrator.slugs import BUILDERS
 from rollout import DRIVERS
@@ -70,15 +71,17 @@ class Heartbeat(ProviderConfig):
 
 class Rollback(ProviderConfig):
     auto: bool = True
-    lookback_minutes: float = Field(20.0, gt=0, description="roll back to what was live then")
+    lookback_minutes: float = Field(20.0, gt=0, le=525_600,
+                                    description="roll back to what was live then")
 
 
 class Stall(ProviderConfig):
-    halts: int = Field(3, ge=1, description="halted releases in a row before paging")
+    halts: int = Field(3, ge=1, le=1000, description="halted releases in a row before paging")
 
 
 class Train(ProviderConfig):
-    max_commits: int = Field(50, ge=1, description="commits that ride one release at most")
+    max_commits: int = Field(50, ge=1, le=10_000,
+                             description="commits that ride one release at most")
     in_flight: int = Field(1, ge=1, le=64, description=(
         "releases in flight at once, each with its own pre-prod; with 1, the next release "
         "starts when every host has started the last one. More let a release start as its "
@@ -107,6 +110,14 @@ class Deadlines(ProviderConfig):
     rollback: Seconds = Field(900.0, gt=0)
 
 
+class Misfit(ValueError):
+    """Fields that do not fit together; `at` is the field, below the model, to point at."""
+
+    def __init__(self, message: str, at: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.at = at
+
+
 def _link_template(template: str) -> str:
     return check_placeholders(template, LINK_FIELDS)
 
@@ -119,11 +130,14 @@ class Delivery(ProviderConfig):
     within a total budget. Sending happens off the release's path, so a slow vendor only
     delays its own messages."""
 
-    attempts: int = Field(5, ge=1, description="tries per message, the first included")
-    backoff: float = Field(1.0, gt=0, description="real seconds before the first retry; doubles")
-    max_wait: float = Field(30.0, gt=0, description="the longest wait between tries")
-    give_up_after: float = Field(120.0, gt=0, description="real seconds, all tries included")
-    request_timeout: float = Field(10.0, gt=0)
+    attempts: int = Field(5, ge=1, le=100,
+                          description="tries per message, the first included")
+    backoff: float = Field(1.0, gt=0, le=3600,
+                           description="real seconds before the first retry; doubles")
+    max_wait: float = Field(30.0, gt=0, le=3600, description="the longest wait between tries")
+    give_up_after: float = Field(120.0, gt=0, le=86400,
+                                 description="real seconds, all tries included")
+    request_timeout: float = Field(10.0, gt=0, le=600)
 
 
 class SlackNotify(Delivery):
@@ -192,6 +206,20 @@ class Pipeline(ProviderConfig):
             raise ValueError(f"{own}: preprod.fleet: {error}") from None
         return self
 
+    @model_validator(mode="after")
+    def _stagger_within_watch(self) -> Pipeline:
+        stagger, watch = self.rollout.stagger, self.heartbeat.watch
+        if stagger < watch:
+            return self
+        at = ("rollout", "stagger") if "stagger" in self.rollout.model_fields_set \
+            else ("heartbeat", "watch")
+        # A host counts as started while it waits out its stagger (an SSM command in
+        # progress), so the watch can begin before its restart.
+        raise Misfit(f"rollout.stagger ({stagger:g}s) must be shorter than heartbeat.watch "
+                     f"({watch:g}s): a host may restart up to a stagger after the watch "
+                     "begins, so it could restart after the watch has ended and serve the "
+                     "release unwatched", at)
+
     def preprod_url(self, slot: int) -> str | None:
         url = self.preprod.url
         return url.replace("{slot}", str(slot)) if url else None
@@ -224,7 +252,7 @@ class Ui(ProviderConfig):
     secret_env: str = Field("SHIP_UI_SECRET", min_length=1,
                             description="environment variable with the cookie signing key "
                             "(unset: a new key per process, so sessions end on restart)")
-    session_hours: float = Field(12.0, gt=0, description="how long a login lasts")
+    session_hours: float = Field(12.0, gt=0, le=8760, description="how long a login lasts")
 
     @model_validator(mode="after")
     def _header_needs_operators(self) -> Ui:
@@ -287,10 +315,15 @@ class Problem:
     line: int | None
     path: str
     message: str
+    column: int | None = None
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        where += f":{self.column}" if self.line and self.column else ""
+        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+        # Keys and values come from the file: never let them move the cursor or end the line.
+        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                       for c in text)
 
 
 class ConfigError(Exception):
@@ -299,42 +332,23 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-class _StrictLoader(yaml.SafeLoader):
-    """Refuses duplicate keys, which PyYAML would otherwise silently overwrite."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first on line {seen[key]})",
-                    key_node.start_mark)
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
 def load(path: Path | str = DEFAULT_FILE) -> ShipConfig:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = boundedyaml.read(path)
     except OSError as error:
         problem = Problem(str(path), None, "", f"cannot read: {error.strerror}")
         raise ConfigError([problem]) from None
+    except boundedyaml.Refused as refused:
+        raise _refusal(str(path), refused) from None
     return parse(text, str(path))
 
 
 def parse(text: str, filename: str = "pipelines.yaml") -> ShipConfig:
     try:
-        data = yaml.load(text, Loader=_StrictLoader)
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        line = mark.line + 1 if mark else None
-        problem = getattr(error, "problem", None) or str(error)
-        raise ConfigError([Problem(filename, line, "", f"invalid YAML: {problem}")]) from None
+        data, root = boundedyaml.load(text)
+    except boundedyaml.Refused as refused:
+        raise _refusal(filename, refused) from None
     if not isinstance(data, dict):
         raise ConfigError([Problem(filename, 1, "", "the file must be a mapping with 'pipelines'")])
     try:
@@ -343,8 +357,13 @@ def parse(text: str, filename: str = "pipelines.yaml") -> ShipConfig:
         raise ConfigError([_problem(filename, root, e) for e in error.errors()]) from None
 
 
+def _refusal(filename: str, refused: boundedyaml.Refused) -> ConfigError:
+    return ConfigError([Problem(filename, refused.line, "", str(refused), refused.column)])
+
+
 def _problem(filename: str, root: yaml.Node | None, error: Any) -> Problem:
-    node, path = _locate(root, error["loc"], error["type"])
+    at = getattr(error.get("ctx", {}).get("error"), "at", ())
+    node, path = _locate(root, (*error["loc"], *at), error["type"])
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "unknown field (a typo?)"

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from gates.sim import spread
 from orchestrator.tarball import TarballBuildConfig, TarballBuilder
-from shiptypes import ProviderConfig, ProviderContext, ReleaseRef, Seconds, Slug
+from shiptypes import ProviderConfig, ProviderContext, ReleaseNumber, ReleaseRef, Seconds, Slug
 
 
 class BuildFailed(Exception):
@@ -29,7 +29,8 @@ class SimBuildConfig(ProviderConfig):
     duration: Seconds = 0.0
     jitter: float = Field(0.0, ge=0, le=1, description="relative spread of the duration, "
                           "drawn once per release")
-    fail_releases: list[int] = Field(default_factory=list, description="release numbers that fail")
+    fail_releases: list[ReleaseNumber] = Field(default_factory=list,
+                                               description="release numbers that fail")
 
 
 class SimBuilder:

@@ -26,9 +26,11 @@ from shiptypes import (
     HostFailure,
     ProviderConfig,
     ProviderContext,
+    ReleaseNumber,
     ReleaseRef,
     RolloutSettings,
     Seconds,
+    Seed,
 )
 
 LISTED_FAILURES = 20  # an observation names this many failed hosts at most
@@ -38,14 +40,16 @@ T = TypeVar("T")
 class SimFleetConfig(ProviderConfig):
     driver: Literal["sim"]
     hosts: int = Field(300, ge=1, le=1_000_000)
-    workers: int = Field(4, ge=1, description="processes per host, restarted one at a time")
+    workers: int = Field(4, ge=1, le=1000,
+                         description="processes per host, restarted one at a time")
     fetch: Seconds = Field(130.0, description="time for a host to notice and unpack a new slug")
     worker_boot: Seconds = Field(15.0, description="time for a replacement worker to be healthy")
     drain: Seconds = Field(5.0, description="typical drain of a worker's in-flight requests")
     jitter: float = Field(0.2, ge=0, le=1, description="relative spread of every duration")
-    fail_releases: list[int] = Field(default_factory=list, description="releases that fail to boot")
+    fail_releases: list[ReleaseNumber] = Field(default_factory=list,
+                                               description="releases that fail to boot")
     fail_share: float = Field(1.0, ge=0, le=1, description="share of hosts failing those releases")
-    seed: int | None = None
+    seed: Seed | None = None
 
     def for_slot(self, slot: int) -> SimFleetConfig:
         """The pre-prod of release slot `slot` (`train.in_flight`): its own timings."""

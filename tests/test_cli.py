@@ -116,3 +116,61 @@ def test_a_bad_sha_is_bad_input(env: dict[str, str], sim_config_file: Path) -> N
     result = ship("-c", str(sim_config_file), "deploy", "us", "--sha", "not-a-sha", env=env,
                   cwd=sim_config_file.parent)
     assert result.returncode == 2 and "not a commit id" in result.stderr
+
+
+def _hostile_files() -> dict[str, tuple[bytes, int]]:
+    """Files `ship validate` once hung on, ran out of memory on or answered with a bare
+    exception name: file name → (bytes, line of the problem)."""
+    valid = (ROOT / "pipelines.yaml").read_text()
+    def line(of: str) -> int:
+        return next(i for i, x in enumerate(valid.splitlines(), 1) if of in x)
+
+    stagger = line("stagger:")
+    laughs = "".join([f"x-l0: &l0 [{', '.join(['lol'] * 10)}]\n"] + [
+        f"x-l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]\n" for n in range(1, 9)])
+    return {
+        "nan.yaml": (valid.replace("stagger: 2m", "stagger: .nan").encode(), stagger),
+        "overflow.yaml": (valid.replace("stagger: 2m", 'stagger: "1e400m"').encode(), stagger),
+        "stagger.yaml": (valid.replace("stagger: 2m", "stagger: 1h").encode(), stagger),
+        "laughs.yaml": ((laughs + valid).encode(), 5),
+        "deep.yaml": (("x-deep: " + "[" * 10_000 + "]" * 10_000 + "\n" + valid).encode(), 1),
+        "key.yaml": (("? [a, b]\n: x\n" + valid).encode(), 1),
+        "null.yaml": (valid.replace("version: 1", "version: \0").encode(), line("version:")),
+        "utf16.yaml": (valid.encode("utf-16"), 1),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_hostile_files()))
+def test_validate_refuses_hostile_files_with_their_line(
+        env: dict[str, str], tmp_path: Path, name: str) -> None:
+    data, line = _hostile_files()[name]
+    (tmp_path / name).write_bytes(data)
+    env.pop("SHIP_DEBUG", None)
+    result = ship("validate", name, env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert f"{name}:{line}:" in result.stderr, result.stderr
+    *problems, summary = result.stderr.splitlines()
+    assert summary == f"{len(problems)} problem(s) found"
+    assert all(p.startswith(f"✘ {name}:") for p in problems), result.stderr  # one line each
+
+
+def test_validate_refuses_a_file_over_the_limit_before_reading_it_all(
+        env: dict[str, str], tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    with big.open("wb") as file:
+        file.truncate(50 << 20)  # 50 MB of null bytes, written sparse
+    env.pop("SHIP_DEBUG", None)
+    result = ship("validate", "big.yaml", env=env, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "big.yaml: the file is too large (52,428,800 bytes; the limit is 1,048,576" \
+        in result.stderr
+
+
+def test_problems_are_not_read_as_markup(env: dict[str, str], tmp_path: Path) -> None:
+    text = (ROOT / "pipelines.yaml").read_text().replace("stagger: 2m", "'[/]stagger': 2m")
+    (tmp_path / "markup.yaml").write_text(text)
+    result = ship("validate", "markup.yaml", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "rollout.[/]stagger: unknown field" in result.stderr

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from orchestrator import config
+from orchestrator import boundedyaml, config
 from tests.conftest import ROOT
 
 VALID = textwrap.dedent("""\
@@ -221,3 +223,169 @@ def test_each_release_slot_gets_a_pre_prod_of_its_own() -> None:
     assert aws.for_slot(0).tags == {"role": "preprod-0", "app": "chat"}
     assert aws.for_slot(2).tags == {"role": "preprod-2", "app": "chat"}
     assert SimFleetConfig(driver="sim", seed=7).for_slot(2).seed == 9
+
+
+# --- hostile files: every one refused with its line, in bounded time and memory -----------
+
+
+def _laughs(levels: int = 9) -> str:
+    """A "billion laughs" file: a few hundred bytes standing for 10^9 nodes."""
+    lines = ["x-l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x-l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, levels)]
+    return "\n".join(lines) + "\n" + VALID
+
+
+def _in_release_json(value: str) -> str:
+    """VALID with a free-form map holding `value` (the tarball builder's release_json)."""
+    return _variant("build: {type: sim, duration: 4m}",
+                    f"build: {{type: tarball, release_json: {{x: {value}}}}}")
+
+
+# (name, yaml text, substrings the message must hold, line the problem is on)
+HOSTILE = [
+    ("NaN stagger", _variant("stagger: 2m", "stagger: .nan"),
+     ["pipelines.us.rollout.stagger", "not a finite duration"], 13),
+    ("infinite drain timeout", _variant("drain_timeout: 30s", "drain_timeout: .inf"),
+     ["pipelines.us.rollout.drain_timeout", "not a finite duration"], 13),
+    ("a duration overflowing to infinity", _variant("watch: 20m", 'watch: "1e400m"'),
+     ["pipelines.us.heartbeat.watch", "'1e400m' is not a finite duration"], 17),
+    ("a negative infinite duration", _variant("duration: 4m}", "duration: -.inf}"),
+     ["pipelines.us.build.duration", "not a finite duration"], 6),
+    ("a duration beyond a year", _variant("duration: 5m}", "duration: 400d}"),
+     ["pipelines.us.ci.duration", "longer than a year"], 7),
+    ("NaN ratio", _variant("min_ratio: 0.6", "min_ratio: .nan"),
+     ["pipelines.us.heartbeat.metrics[0].min_ratio", "finite number"], 21),
+    ("infinite minutes", _variant("lookback_minutes: 20", "lookback_minutes: .inf"),
+     ["pipelines.us.rollback.lookback_minutes", "finite number"], 22),
+    ("infinite host count", _variant("hosts: 300}", "hosts: .inf}"),
+     ["pipelines.us.fleet.hosts", "finite number"], 12),
+    ("a huge count", _variant("halts: 3", "halts: 1000000000000"),
+     ["pipelines.us.stall.halts", "less than or equal to 1000"], 23),
+    ("a stagger as long as the watch", _variant("stagger: 2m", "stagger: 20m"),
+     ["pipelines.us.rollout.stagger", "must be shorter than heartbeat.watch",
+      "after the watch has ended"], 13),
+    ("a watch shorter than the default stagger", _variant(
+        "rollout: {stagger: 2m, drain_timeout: 30s, keep_releases: 5}", "rollout: {}").replace(
+        "watch: 20m", "watch: 30s"),
+     ["pipelines.us.heartbeat.watch", "rollout.stagger (60s) must be shorter"], 17),
+    ("billion laughs", _laughs(), ["alias *l3 expands to 11,111 nodes", "billion-laughs"], 5),
+    ("billion laughs in a free-form map", _in_release_json("{" + ", ".join(
+        [f"l0: &l0 [{', '.join(['lol'] * 10)}]"] +
+        [f"l{n}: &l{n} [{', '.join([f'*l{n - 1}'] * 10)}]" for n in range(1, 9)]) + "}"),
+     ["alias *l3 expands to 11,111 nodes"], 6),
+    ("a recursive anchor in a free-form map", _in_release_json("&me [1, *me]"),
+     ["alias *me refers to the anchor it is inside"], 6),
+    ("a self-referencing mapping", "x-a: &a {b: {c: *a}}\n" + VALID,
+     ["alias *a refers to the anchor it is inside"], 1),
+    ("10,000-deep nesting", _in_release_json("[" * 10_000 + "]" * 10_000),
+     ["nested deeper than 64 levels"], 6),
+    ("too many nodes", VALID + "x-big: [" + "1, " * 60_000 + "]\n",
+     ["more than 20,000 nodes"], 27),
+    ("a mapping as a key", _variant("    region: us-east-1",
+                                    "    {a: 1}: x\n    region: us-east-1"),
+     ["a mapping cannot be a key"], 4),
+    ("a list as a key", _variant("    region: us-east-1", "    ? [a, b]\n    : x\n"
+                                 "    region: us-east-1"), ["a list cannot be a key"], 4),
+    ("a null byte", _variant("region: us-east-1", "region: us-\0east-1"),
+     ["a null byte is not allowed"], 4),
+    ("a control character", _variant("region: us-east-1", "region: us-\x07east-1"),
+     ["control character U+0007"], 4),
+    ("an integer of 5,000 digits", _variant("hosts: 300}", "hosts: " + "9" * 5000 + "}"),
+     ["cannot read", "as int"], 12),
+    ("an impossible date", _variant("region: us-east-1", "region: 2024-13-45"),
+     ["cannot read '2024-13-45' as timestamp"], 4),
+]
+
+
+@pytest.mark.parametrize(("text", "expected", "line"), [c[1:] for c in HOSTILE],
+                         ids=[c[0] for c in HOSTILE])
+def test_hostile_files_are_refused_with_their_line(text: str, expected: list[str],
+                                                   line: int) -> None:
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(text, "pipelines.yaml")
+    message = str(caught.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert message.startswith(f"pipelines.yaml:{line}:"), message
+    assert "\n" not in message  # one problem, one line
+
+
+def test_yaml_problems_name_the_column_too() -> None:
+    text = _variant("region: us-east-1", "region: us-\0east-1")
+    with pytest.raises(config.ConfigError, match=r"^pipelines\.yaml:4:16: a null byte"):
+        config.parse(text, "pipelines.yaml")
+
+
+def test_control_characters_from_the_file_are_escaped_in_messages() -> None:
+    text = _variant("  us:\n", '  "us\\e[2J\\ridden":\n')
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(text)
+    message = str(caught.value)
+    assert "\x1b" not in message and "\r" not in message
+    assert "us\\x1b[2J\\ridden" in message
+
+
+# (name, bytes of the file, substrings the message must hold, line the problem is on)
+UNDECODABLE = [
+    ("UTF-16 with a byte-order mark", VALID.encode("utf-16"),
+     ["not UTF-8 text", "UTF-16 byte-order mark"], 1),
+    ("UTF-16 without a byte-order mark", VALID.encode("utf-16-le"),
+     ["not UTF-8 text", "null bytes from byte offset 1", "UTF-16"], 1),
+    ("big-endian UTF-16", VALID.encode("utf-16-be"),
+     ["not UTF-8 text", "null bytes from byte offset 0"], 1),
+    ("Latin-1", _variant("region: us-east-1", "region: caf\xe9").encode("latin-1"),
+     ["not UTF-8 text", "byte 0xe9 at byte offset 43"], 4),
+]
+
+
+@pytest.mark.parametrize(("data", "expected", "line"), [c[1:] for c in UNDECODABLE],
+                         ids=[c[0] for c in UNDECODABLE])
+def test_files_that_are_not_utf8_are_refused_with_the_offset(
+        tmp_path: Path, data: bytes, expected: list[str], line: int) -> None:
+    path = tmp_path / "pipelines.yaml"
+    path.write_bytes(data)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    message = str(caught.value)
+    for part in expected:
+        assert part in message, f"{part!r} not in {message!r}"
+    assert message.startswith(f"{path}:{line}:"), message
+
+
+def test_a_utf8_byte_order_mark_is_fine(tmp_path: Path) -> None:
+    path = tmp_path / "pipelines.yaml"
+    path.write_bytes(b"\xef\xbb\xbf" + VALID.encode())
+    assert config.load(path).pipeline("us").region == "us-east-1"
+
+
+def test_a_file_over_the_size_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "pipelines.yaml"
+    # Not even YAML past the first line: refused for its size, never parsed.
+    path.write_bytes(VALID.encode() + b"\0[" * boundedyaml.MAX_BYTES)
+    with pytest.raises(config.ConfigError) as caught:
+        config.load(path)
+    size = path.stat().st_size
+    assert str(caught.value) == (f"{path}: the file is too large ({size:,} bytes; the limit is "
+                                 "1,048,576 bytes): a pipelines file is a few KB")
+
+
+def test_every_number_in_the_schema_is_bounded_both_ways() -> None:
+    """NaN and infinity are refused by every model (allow_inf_nan=False); this keeps a new
+    field from taking a billion retries or a timeout of 10^300 seconds."""
+    unbounded = []
+
+    def walk(node: Any, where: str) -> None:
+        if isinstance(node, dict):
+            if node.get("type") in ("integer", "number") and "const" not in node:
+                low = {"minimum", "exclusiveMinimum"} & node.keys()
+                high = {"maximum", "exclusiveMaximum"} & node.keys()
+                if not (low and high):
+                    unbounded.append(where)
+            for key, value in node.items():
+                walk(value, f"{where}/{key}")
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{where}[{i}]")
+
+    walk(config.json_schema(), "")
+    assert unbounded == []

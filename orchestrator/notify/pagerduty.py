@@ -37,10 +37,11 @@ class PagerDutyConfig(ProviderConfig):
     stall_severity: Severity = "critical"
     breach_severity: Severity = "critical"
     client_url: str | None = Field(None, description="a link back to ship in the incident")
-    attempts: int = Field(5, ge=1, description="tries per event, the first included")
-    backoff: float = Field(1.0, gt=0, description="real seconds before the first retry; doubles")
-    max_wait: float = Field(60.0, gt=0, description="the longest wait between tries")
-    request_timeout: float = Field(10.0, gt=0)
+    attempts: int = Field(5, ge=1, le=100, description="tries per event, the first included")
+    backoff: float = Field(1.0, gt=0, le=3600,
+                           description="real seconds before the first retry; doubles")
+    max_wait: float = Field(60.0, gt=0, le=3600, description="the longest wait between tries")
+    request_timeout: float = Field(10.0, gt=0, le=600)
 
 
 class PagerDutyError(Exception):

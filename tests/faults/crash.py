@@ -225,11 +225,12 @@ KILLS: dict[str, Settings] = {
     "building": Settings(),
     "preprod": Settings(preprod_fetch=2000),
     "gating": Settings(gate=2000),
-    "rollout": Settings(stagger=80),
+    # A stagger must be shorter than the watch (pipelines.yaml refuses it otherwise).
+    "rollout": Settings(stagger=80, watch=100),
     "rollout of a release that fails to boot": Settings(
-        stagger=40, release_json_by_number={2: {"crash_on_boot": True}}),
+        stagger=40, watch=60, release_json_by_number={2: {"crash_on_boot": True}}),
     "watching": Settings(watch=120),
-    "rolling back": Settings(stagger=80),
+    "rolling back": Settings(stagger=80, watch=100),
 }
 
 
