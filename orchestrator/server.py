@@ -5,6 +5,11 @@
     POST /slack/interactions  the buttons on release messages (orchestrator.slack_actions)
     GET  /healthz             200 while serving, 503 while stopping
 
+A request without a well-formed signature (or with its endpoint's secret unset) is refused
+before a byte of its body is read; a body is read as a stream and refused (413) as soon as
+it passes its endpoint's limit (25 MB for webhooks, 1 MiB for Slack), at most
+BODIES_AT_ONCE per endpoint at a time (orchestrator.untrusted), and verified only then.
+
 Releases run as Prefect flows in this process (Runner.kick); with --prefect-deployments
 the flows are also served as Prefect deployments (orchestrator.deployments). The web UI,
 when installed (orchestrator.web), mounts on the same app.
