@@ -2,9 +2,10 @@
 PagerDuty, GitHub, Datadog answering 500, 429 with Retry-After, nothing in time, slowly, or
 with malformed JSON), ship processes SIGKILLed in every stage of a release on a real local
 fleet, a host agent SIGKILLed mid-restart under load, and processes racing on the store
-(SQLite, and PostgreSQL when one answers at SHIP_TEST_PG_URL).
+(SQLite, and PostgreSQL when one answers at SHIP_TEST_PG_URL), and hostile HTTP requests
+to a real `ship serve` (huge chunked bodies, huge pushes, deep JSON, numbers past the store).
 
-    .venv/bin/python bench/faults.py [--only vendors,kills,store]
+    .venv/bin/python bench/faults.py [--only vendors,kills,store,http]
 
 Prints one row per fault: what was injected → what ship did → what was lost or left
 inconsistent, which must read "nothing" on every row (the exit code is 1 otherwise). Takes
@@ -14,13 +15,21 @@ a few minutes: a vendor that never answers in time is waited out to the last sen
 from __future__ import annotations
 
 import argparse
+import html
+import json
 import logging
+import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -233,13 +242,145 @@ def store_rows() -> list[Row]:
     return rows
 
 
+# --- hostile HTTP ---------------------------------------------------------------------------
+
+
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[list[float]]:
+    """Samples the process's RSS every 10 ms; the list holds [before, peak] after."""
+    figures = [rss_mb(pid)] * 2
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.01):
+            figures[1] = max(figures[1], rss_mb(pid))
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield figures
+    finally:
+        done.set()
+        sampler.join()
+        figures[1] = max(figures[1], rss_mb(pid))
+
+
+def flood_row(server: Any, signature: str | None) -> Row:
+    """Four concurrent 300 MB chunked POSTs, none of which can be verified."""
+    from tests.serve.hostile import post_chunked
+
+    headers = {"X-GitHub-Event": "push"} | ({"X-Hub-Signature-256": signature}
+                                           if signature else {})
+    with peak_rss(server.process.pid) as rss, ThreadPoolExecutor(4) as pool:
+        began = time.monotonic()
+        answers = list(pool.map(lambda _: post_chunked(server.url, "/webhooks/github",
+                                                       headers, 300 * 2**20), range(4)))
+        took = time.monotonic() - began
+    statuses = sorted({a.status for a in answers})
+    sent = sum(a.sent for a in answers) / 2**20
+    what = ("4 concurrent 300 MB chunked POSTs, " + ("a forged signature" if signature
+                                                    else "no signature"))
+    did = (f"answered {statuses} in {took:.1f} s after the clients sent {sent:.0f} MB in all; "
+           f"ship serve RSS {rss[0]:.0f} MB before, {rss[1]:.0f} MB at most during")
+    return what, did, server_problems(server, statuses, 401 if signature is None else 413)
+
+
+def server_problems(server: Any, statuses: list[int], expected: int) -> list[str]:
+    problems = [] if statuses == [expected] else [f"answers {statuses}, not {expected}"]
+    if not requests.get(f"{server.url}/healthz", timeout=10).ok:
+        problems.append("/healthz is not ok")
+    if "Traceback" in server.log():
+        problems.append("a traceback in the server's log")
+    return problems
+
+
+def push_row(server: Any, commits: int, expected: int) -> Row:
+    """A signed push of `commits` commits, with /healthz polled while it is handled."""
+    from tests.serve.conftest import push, sha
+
+    shas = [sha(n, f"bench{commits}") for n in range(commits)]
+    body = json.dumps(push(shas)).encode()  # encoded first: the poller's figures are the server's
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            began = time.monotonic()
+            requests.get(f"{server.url}/healthz", timeout=30)
+            latencies.append(time.monotonic() - began)
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    began = time.monotonic()
+    answer = server.github(None, body=body)
+    took = time.monotonic() - began
+    done.set()
+    poller.join()
+    store = server.store
+    # Pending first, then released: a merge a release claims in between is seen twice, never
+    # missed.
+    queued = ({c.sha for c in store.pending_merges("us", 10_000)}
+              | {c.sha for r in store.releases("us", limit=1000) for c in r.commits})
+    did = (f"{answer.status_code} in {took:.2f} s ({short(answer.text, 70)}); "
+           f"/healthz meanwhile: {len(latencies)} answers, slowest "
+           f"{max(latencies) * 1000:.0f} ms; {len(queued & set(shas))} of its commits queued")
+    problems = server_problems(server, [answer.status_code], expected)
+    if len(queued & set(shas)) != (commits if expected == 200 else 0):
+        problems.append(f"{len(queued & set(shas))} of its commits queued")
+    return f"signed push of {commits:,} commits", did, problems
+
+
+def odd_input_rows(server: Any) -> list[Row]:
+    from tests.serve.conftest import GITHUB_SECRET, github_signature, press
+
+    deep = b'{"ref": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    sent = {
+        "signed push nested 100,000 deep": (server.github(
+            None, body=deep, signature=github_signature(GITHUB_SECRET, deep)), 400),
+        "release 10^30 in a URL": (requests.get(
+            f"{server.url}/pipelines/us/releases/{10**30}", timeout=10), 404),
+        "release 10^30 in a Slack button": (server.slack(
+            press("ship_rollback", "us", 10**30)), 400),
+    }
+    return [(what, f"{answer.status_code}: {short(said(answer), 100)}",
+             server_problems(server, [answer.status_code], expected))
+            for what, (answer, expected) in sent.items()]
+
+
+def said(answer: requests.Response) -> str:
+    """The error a JSON answer gives, or the message of an HTML page."""
+    if answer.headers.get("content-type", "").startswith("application/json"):
+        return str(answer.json().get("error", answer.text))
+    found = re.search(r"<p[^>]*>([^<]*has no[^<]*)</p>", answer.text)
+    return html.unescape(found.group(1).strip()) if found else answer.text[:100]
+
+
+def hostile_http_rows(prefect_api: str) -> list[Row]:
+    from tests.serve.conftest import Serving, config_text
+
+    with scratch() as workdir:
+        server = Serving(workdir, prefect_api, config_text(pipelines=("us",)))
+        try:
+            rows = [flood_row(server, None), flood_row(server, "sha256=" + "0" * 64)]
+            rows += odd_input_rows(server)
+            rows += [push_row(server, 10_000, 413), push_row(server, 2048, 200)]
+        finally:
+            server.stop()
+        return rows
+
+
 # --- the table ------------------------------------------------------------------------------
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="vendors,kills,store",
-                        help="comma-separated: vendors, kills, store")
+    parser.add_argument("--only", default="vendors,kills,store,http",
+                        help="comma-separated: vendors, kills, store, http")
     parts = set(parser.parse_args().only.split(","))
     # The clients log every fault they meet; the table says what came of them.
     for noisy in ("slack_sdk", "prefect"):
@@ -259,6 +400,8 @@ def main() -> int:
         if "kills" in parts:
             rows += [kill_row(stage, prefect_api) for stage in KILLS]
             rows.append(host_kill_row(prefect_api))
+        if "http" in parts:
+            rows += hostile_http_rows(prefect_api)
     if "store" in parts:
         rows += store_rows()
     table = Table(title="Faults injected into ship", title_justify="left", show_lines=True)

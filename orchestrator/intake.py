@@ -14,22 +14,31 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator.config import ShipConfig
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship
+from orchestrator.untrusted import BadInput, load_json, typed
 from shiptypes import Commit
 
 SECRET_ENV = "GITHUB_WEBHOOK_SECRET"
 MAX_MESSAGE = 2000
+MAX_COMMITS = 2048  # GitHub lists at most 2048 commits in a push event
+MAX_DELIVERY = 100  # the store's delivery_id column
+SIGNATURE = re.compile(r"sha256=[0-9a-fA-F]{64}")
+SHA = re.compile(r"[0-9a-fA-F]{40}|[0-9a-fA-F]{64}")  # SHA-1, or SHA-256 repositories
 
 
-class BadPayload(ValueError):
-    pass
+BadPayload = BadInput  # a push that is refused: the message names the field
+
+
+class TooManyCommits(BadInput):
+    status = 413
 
 
 def signature(secret: str, body: bytes) -> str:
@@ -52,28 +61,40 @@ class Push:
 
 
 def parse_push(body: bytes) -> Push:
-    """The push event's repository, ref and commits (oldest first, as GitHub sends them)."""
-    try:
-        payload = json.loads(body)
-        repository = payload["repository"]["full_name"]
-        ref = payload["ref"]
-        commits = tuple(_commit(c) for c in payload.get("commits") or [])
-    except (ValueError, KeyError, TypeError) as error:
-        raise BadPayload(f"not a push event payload ({type(error).__name__}: {error})") from None
-    if not isinstance(repository, str) or not isinstance(ref, str):
-        raise BadPayload("not a push event payload (repository or ref is not a string)")
-    return Push(repository, ref, commits, bool(payload.get("deleted")))
+    """The push event's repository, ref and commits (oldest first, as GitHub sends them).
+    BadPayload names the first field that is missing or of the wrong type."""
+    payload = typed(load_json(body), dict, "body")
+    repository = typed(payload.get("repository"), dict, "repository")
+    full_name = typed(repository.get("full_name"), str, "repository.full_name")
+    ref = typed(payload.get("ref"), str, "ref")
+    deleted = typed(payload.get("deleted", False), bool, "deleted", optional=True)
+    commits = typed(payload.get("commits"), list, "commits", optional=True) or []
+    if len(commits) > MAX_COMMITS:
+        raise TooManyCommits(f"commits: {len(commits):,} in one push; a push event carries "
+                             f"at most {MAX_COMMITS:,} (GitHub's own cap)")
+    return Push(full_name, ref, tuple(_commit(c, f"commits[{i}]")
+                                      for i, c in enumerate(commits)), bool(deleted))
 
 
-def _commit(data: dict[str, Any]) -> Commit:
-    sha = data["id"]
-    if not isinstance(sha, str) or not 7 <= len(sha) <= 64:
-        raise ValueError(f"commit id {sha!r}")
-    author = data.get("author") or {}
-    login = author.get("username") or author.get("name") or ""
+def _commit(data: Any, where: str) -> Commit:
+    data = typed(data, dict, where)
+    sha = typed(data.get("id"), str, f"{where}.id")
+    if not SHA.fullmatch(sha):
+        raise BadPayload(f"{where}.id: {sha[:80]!r} is not a commit id (40 or 64 hex digits)")
+    author = typed(data.get("author"), dict, f"{where}.author", optional=True) or {}
+    login = (typed(author.get("username"), str, f"{where}.author.username", optional=True)
+             or typed(author.get("name"), str, f"{where}.author.name", optional=True) or "")
+    message = typed(data.get("message"), str, f"{where}.message", optional=True) or ""
+    stamp = typed(data.get("timestamp"), str, f"{where}.timestamp", optional=True)
+    if stamp is not None:
+        try:
+            datetime.fromisoformat(stamp)
+        except ValueError:
+            raise BadPayload(f"{where}.timestamp: {stamp[:80]!r} is not an ISO 8601 time") \
+                from None
     # merged_at is left to the store (the time of receipt): a release train follows the
     # order merges arrived in, whatever dates the commits carry.
-    return Commit(sha.lower(), str(login)[:200], str(data.get("message") or "")[:MAX_MESSAGE])
+    return Commit(sha.lower(), login[:200], message[:MAX_MESSAGE])
 
 
 def pipelines_for(config: ShipConfig, push: Push) -> list[str]:
@@ -90,21 +111,35 @@ class GitHubIntake:
         self.runner = runner
         self.secret = secret
 
-    async def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+    def refuse_unread(self, headers: Mapping[str, str]) -> tuple[int, dict] | None:
+        """What is refused before a byte of the body is read: no secret to verify with,
+        or no well-formed X-Hub-Signature-256."""
         if not self.secret:
             return 503, {"error": f"{SECRET_ENV} is not set: webhooks cannot be verified"}
-        if not verify(self.secret, body, headers.get("x-hub-signature-256")):
+        if not SIGNATURE.fullmatch(headers.get("x-hub-signature-256", "").strip()):
+            return 401, {"error": "bad or missing X-Hub-Signature-256"}
+        return None
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+        refusal = self.refuse_unread(headers)
+        if refusal is not None:
+            return refusal
+        # Hashing and parsing up to 25 MB happen off the event loop: /healthz keeps answering.
+        if not await asyncio.to_thread(verify, self.secret, body,
+                                       headers.get("x-hub-signature-256")):
             return 401, {"error": "bad or missing X-Hub-Signature-256"}
         event = headers.get("x-github-event", "")
         if event == "ping":
             return 200, {"ok": True, "pong": True}
         if event != "push":
-            return 202, {"ok": True, "ignored": f"{event or 'unnamed'} event"}
+            return 202, {"ok": True, "ignored": f"{event[:100] or 'unnamed'} event"}
         delivery = headers.get("x-github-delivery") or None
+        if delivery is not None and len(delivery) > MAX_DELIVERY:
+            return 400, {"error": f"X-GitHub-Delivery: longer than {MAX_DELIVERY} characters"}
         try:
-            push = parse_push(body)
+            push = await asyncio.to_thread(parse_push, body)
         except BadPayload as error:
-            return 400, {"error": str(error)}
+            return error.status, {"error": str(error)}
         names = pipelines_for(self.ship.config, push)
         if push.deleted or not names:
             return 202, {"ok": True, "ignored": f"no pipeline ships {push.repository} "
@@ -117,8 +152,5 @@ class GitHubIntake:
         return 200, {"ok": True, "delivery": delivery, "pipelines": queued}
 
     def _record(self, pipeline: str, push: Push, delivery: str | None) -> dict[str, int]:
-        store = self.ship.store
-        if delivery and store.delivery_seen(pipeline, delivery):
-            return {"queued": 0, "duplicate": len(push.commits)}
-        queued = sum(store.record_merge(pipeline, commit, delivery) for commit in push.commits)
+        queued = self.ship.store.record_merges(pipeline, push.commits, delivery)
         return {"queued": queued, "duplicate": len(push.commits) - queued}

@@ -5,6 +5,11 @@
     POST /slack/interactions  the buttons on release messages (orchestrator.slack_actions)
     GET  /healthz             200 while serving, 503 while stopping
 
+A request without a well-formed signature (or with its endpoint's secret unset) is refused
+before a byte of its body is read; a body is read as a stream and refused (413) as soon as
+it passes its endpoint's limit (25 MB for webhooks, 1 MiB for Slack), at most
+BODIES_AT_ONCE per endpoint at a time (orchestrator.untrusted), and verified only then.
+
 Releases run as Prefect flows in this process (Runner.kick); with --prefect-deployments
 the flows are also served as Prefect deployments (orchestrator.deployments). The web UI,
 when installed (orchestrator.web), mounts on the same app.
@@ -41,11 +46,15 @@ from orchestrator.runner import DeployOutcome, Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.slack_actions import SlackActions
 from orchestrator.store import Release
+from orchestrator.untrusted import CLOSE, BodyReader, BodyRefused
 
 if TYPE_CHECKING:
     from orchestrator.deployments import PrefectServing
 
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
+MAX_SLACK_BODY = 1024 * 1024  # a button press is a few KB, with the message's blocks
+# Unverified bodies read at once per endpoint: what they can hold is at most this × the limit.
+BODIES_AT_ONCE = 2
 
 
 class ServeRunner(Runner):
@@ -132,21 +141,34 @@ def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None,
                              "pipelines": list(ship.config.pipelines)},
                             status_code=503 if stopping else 200)
 
-    async def answer(request: Request, handle: Callable) -> JSONResponse:
+    async def answer(request: Request, handler: GitHubIntake | SlackActions,
+                     reader: BodyReader) -> JSONResponse:
+        """Refuse what can be refused unread (stopping, no secret, no signature), read the
+        body within the endpoint's bounds, then let the handler verify and act."""
         if app.state.stopping:
-            return JSONResponse({"error": "ship serve is stopping"}, status_code=503)
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            return JSONResponse({"error": "payload too large"}, status_code=413)
-        status, body = await handle(await request.body(), request.headers)
-        return JSONResponse(body, status_code=status)
+            return JSONResponse({"error": "ship serve is stopping"}, status_code=503,
+                                headers=CLOSE)
+        refusal = handler.refuse_unread(request.headers)
+        if refusal is not None:
+            return JSONResponse(refusal[1], status_code=refusal[0], headers=CLOSE)
+        try:
+            body = await reader.read(request)
+        except BodyRefused as refused:
+            return JSONResponse({"error": str(refused)}, status_code=refused.status,
+                                headers=CLOSE)
+        status, answer_ = await handler.handle(body, request.headers)
+        return JSONResponse(answer_, status_code=status)
+
+    webhooks = BodyReader(MAX_BODY, BODIES_AT_ONCE)
+    interactions = BodyReader(MAX_SLACK_BODY, BODIES_AT_ONCE)
 
     @app.post("/webhooks/github")
     async def github_webhook(request: Request) -> JSONResponse:
-        return await answer(request, github.handle)
+        return await answer(request, github, webhooks)
 
     @app.post("/slack/interactions")
     async def slack_interaction(request: Request) -> JSONResponse:
-        return await answer(request, slack.handle)
+        return await answer(request, slack, interactions)
 
     mount_api(app, ship, runner, api_token)
     if importlib.util.find_spec("orchestrator.web") is not None:

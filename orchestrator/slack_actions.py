@@ -14,7 +14,7 @@ release that served before it; like any manual rollback it locks the pipeline.
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,14 +30,15 @@ from orchestrator.rollback import NoRollbackTarget, choose_target
 from orchestrator.runner import Runner
 from orchestrator.runtime import PipelineRuntime, Ship
 from orchestrator.store import Release
+from orchestrator.untrusted import BadInput, load_json, release_number, typed
 
 SECRET_ENV = "SLACK_SIGNING_SECRET"
 REPLAY_WINDOW = 300.0  # seconds: Slack's own bound, which SignatureVerifier enforces
 ACTIONS = {ROLLBACK: "rollback", LOCK: "lock", UNLOCK: "unlock"}
+SIGNATURE = re.compile(r"v0=[0-9a-f]{64}")
 
 
-class BadPayload(ValueError):
-    pass
+BadPayload = BadInput  # a press that is refused: the message names the field
 
 
 @dataclass(frozen=True)
@@ -53,24 +54,36 @@ class Press:
 
 
 def parse(body: bytes) -> Press:
-    """The press in an interaction request (form-encoded, a JSON `payload` field)."""
+    """The press in an interaction request (form-encoded, a JSON `payload` field).
+    BadPayload names the field that is missing or wrong."""
     try:
-        form = parse_qs(body.decode(), strict_parsing=True)
-        payload = json.loads(form["payload"][0])
-        if payload.get("type") != "block_actions":
-            raise BadPayload(f"interaction type {payload.get('type')!r} is not handled")
-        action = payload["actions"][0]
-        value = json.loads(action["value"])
-        user = payload["user"]
-        press = Press(ACTIONS[action["action_id"]], str(value["pipeline"]),
-                      int(value["release"]), str(user["id"]),
-                      str(user.get("username") or user.get("name") or user["id"]),
-                      payload.get("response_url"))
-    except BadPayload:
-        raise
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
-        raise BadPayload(f"not a ship button payload ({type(error).__name__}: {error})") from None
-    return press
+        form = parse_qs(body.decode(), strict_parsing=True, max_num_fields=32)
+    except ValueError as error:
+        raise BadPayload(f"body: not a form ({error})") from None
+    if "payload" not in form:
+        raise BadPayload("payload: missing")
+    payload = typed(load_json(form["payload"][0], "payload"), dict, "payload")
+    if payload.get("type") != "block_actions":
+        raise BadPayload(f"interaction type {str(payload.get('type'))[:40]!r} is not handled")
+    actions = typed(payload.get("actions"), list, "actions")
+    action = typed(actions[0] if actions else None, dict, "actions[0]")
+    kind = ACTIONS.get(action.get("action_id"))  # type: ignore[arg-type]
+    if kind is None:
+        raise BadPayload(f"actions[0].action_id: {str(action.get('action_id'))[:40]!r} "
+                         "is not a ship button")
+    value = typed(load_json(typed(action.get("value"), str, "actions[0].value"),
+                            "actions[0].value"), dict, "actions[0].value")
+    try:
+        number = release_number(value.get("release"), "actions[0].value.release")
+    except ValueError as error:
+        raise BadPayload(str(error)) from None
+    user = typed(payload.get("user"), dict, "user")
+    user_id = typed(user.get("id"), str, "user.id")
+    name = (typed(user.get("username"), str, "user.username", optional=True)
+            or typed(user.get("name"), str, "user.name", optional=True) or user_id)
+    return Press(kind, typed(value.get("pipeline"), str, "actions[0].value.pipeline")[:64],
+                 number, user_id[:64], name[:100],
+                 typed(payload.get("response_url"), str, "response_url", optional=True))
 
 
 class SlackActions:
@@ -94,9 +107,22 @@ class SlackActions:
         except (ValueError, TypeError):  # a timestamp that is not a number
             return False
 
-    async def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+    def refuse_unread(self, headers: Mapping[str, str]) -> tuple[int, dict] | None:
+        """What is refused before a byte of the body is read: no secret to verify with, no
+        well-formed signature, or a timestamp outside the replay window."""
         if self.verifier is None:
             return 503, {"error": f"{SECRET_ENV} is not set: Slack requests cannot be verified"}
+        stamp = headers.get("x-slack-request-timestamp", "").strip()
+        if (not SIGNATURE.fullmatch(headers.get("x-slack-signature", "").strip())
+                or not (stamp.isascii() and stamp.isdigit()) or len(stamp) > 12
+                or abs(self.verifier.clock.now() - int(stamp)) > REPLAY_WINDOW):
+            return 401, {"error": "bad, stale or missing Slack signature"}
+        return None
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+        refusal = self.refuse_unread(headers)
+        if refusal is not None:
+            return refusal
         if not self.verify(body, headers):
             return 401, {"error": "bad, stale or missing Slack signature"}
         if self._replayed(headers.get("x-slack-signature", "")):

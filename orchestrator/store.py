@@ -28,6 +28,9 @@ from orchestrator.release import HOLDS_PIPELINE, IN_FLIGHT, SHIPPED, State, chec
 from shiptypes import Clock, Commit, FleetStatus, GateResult, Link, ReleaseRef, Slug, WallClock
 
 DEFAULT_URL = "sqlite:///.ship/ship.db"
+# Ids, release numbers and counts are sa.Integer columns: 32-bit on PostgreSQL (SQLite's
+# are 64-bit). A number from outside beyond this names nothing, rather than failing the query.
+ID_MAX = 2**31 - 1
 
 
 def database_url() -> str:
@@ -305,16 +308,37 @@ class Store:
         """Queue a merged commit for the next release. False if it was already recorded."""
         with self._tx() as conn:
             _ensure_pipeline(conn, pipeline, lock=True)  # one recorder of a commit at a time
-            seen = conn.execute(sa.select(t.merges.c.id).where(
-                t.merges.c.pipeline == pipeline, t.merges.c.sha == commit.sha)).first()
-            if seen:
-                return False
-            conn.execute(t.merges.insert().values(
-                pipeline=pipeline, sha=commit.sha, author=commit.author, message=commit.message,
-                merged_at=commit.merged_at or self.now(), delivery_id=delivery_id))
-            self._event(conn, pipeline, "merge", f"merged {commit.sha[:7]} by {commit.author}",
-                        commit.author or "github", data={"sha": commit.sha})
-            return True
+            return self._queue_merges(conn, pipeline, [commit], delivery_id) == 1
+
+    def record_merges(self, pipeline: str, commits: list[Commit] | tuple[Commit, ...],
+                      delivery_id: str | None = None) -> int:
+        """Queue merged commits for the next release, in their order, in one transaction;
+        those recorded already (or twice in `commits`) are skipped, and a delivery that
+        queued merges before queues nothing. Returns how many were queued."""
+        with self._tx() as conn:
+            _ensure_pipeline(conn, pipeline, lock=True)
+            if delivery_id and _delivery_seen(conn, pipeline, delivery_id):
+                return 0
+            return self._queue_merges(conn, pipeline, commits, delivery_id)
+
+    def _queue_merges(self, conn: Connection, pipeline: str,
+                      commits: list[Commit] | tuple[Commit, ...], delivery_id: str | None) -> int:
+        seen = _recorded_shas(conn, pipeline, [c.sha for c in commits])
+        new = []
+        for commit in commits:
+            if commit.sha not in seen:
+                seen.add(commit.sha)
+                new.append(commit)
+        if not new:
+            return 0
+        now = self.now()
+        conn.execute(t.merges.insert(), [
+            {"pipeline": pipeline, "sha": c.sha, "author": c.author, "message": c.message,
+             "merged_at": c.merged_at or now, "delivery_id": delivery_id} for c in new])
+        conn.execute(t.events.insert(), [
+            self._event_row(pipeline, "merge", f"merged {c.sha[:7]} by {c.author}",
+                            c.author or "github", data={"sha": c.sha}) for c in new])
+        return len(new)
 
     def pending_merges(self, pipeline: str, limit: int) -> list[Commit]:
         """The merges the next release train would take, oldest first (as start_release
@@ -323,7 +347,8 @@ class Store:
             rows = conn.execute(
                 sa.select(t.merges).where(t.merges.c.pipeline == pipeline,
                                           t.merges.c.release_id.is_(None))
-                .order_by(t.merges.c.merged_at, t.merges.c.id).limit(limit)).all()
+                .order_by(t.merges.c.merged_at, t.merges.c.id)
+                .limit(_limit(limit))).all()
         return [Commit(m.sha, m.author, m.message, m.merged_at) for m in rows]
 
     def supersede_if_overtaken(self, release_id: int, actor: str = "ship") -> Release | None:
@@ -362,7 +387,8 @@ class Store:
             pending = conn.execute(
                 sa.select(t.merges).where(t.merges.c.pipeline == pipeline,
                                           t.merges.c.release_id.is_(None))
-                .order_by(t.merges.c.merged_at, t.merges.c.id).limit(max_commits)).all()
+                .order_by(t.merges.c.merged_at, t.merges.c.id)
+                .limit(_limit(max_commits))).all()
             if not pending:
                 return Claim(False, reason="nothing merged since the last release")
             now = self.now()
@@ -393,6 +419,8 @@ class Store:
     # --- releases --------------------------------------------------------------------------
 
     def release(self, release_id: int) -> Release:
+        if not in_range(release_id):
+            raise StoreError(f"no release with id {release_id}")
         with self._tx() as conn:
             found = _release(conn, release_id)
         if found is None:
@@ -400,6 +428,10 @@ class Store:
         return found
 
     def release_by_number(self, pipeline: str, number: int) -> Release | None:
+        """The pipeline's release #number; None for one it never had, including numbers
+        no release can have (below 1, beyond ID_MAX)."""
+        if not in_range(number):
+            return None
         with self._tx() as conn:
             found = conn.execute(sa.select(t.releases.c.id).where(
                 t.releases.c.pipeline == pipeline, t.releases.c.number == number)).scalar()
@@ -408,7 +440,8 @@ class Store:
     def releases(self, pipeline: str, limit: int = 50) -> list[Release]:
         with self._tx() as conn:
             rows = conn.execute(sa.select(t.releases).where(t.releases.c.pipeline == pipeline)
-                                .order_by(t.releases.c.number.desc()).limit(limit)).all()
+                                .order_by(t.releases.c.number.desc())
+                                .limit(_limit(limit))).all()
             return [_to_release(r) for r in rows]
 
     def move(self, release_id: int, to: State, actor: str = "ship", reason: str | None = None,
@@ -557,7 +590,8 @@ class Store:
     def locks(self, pipeline: str, limit: int = 20) -> list[Lock]:
         with self._tx() as conn:
             ids = conn.execute(sa.select(t.locks.c.id).where(t.locks.c.pipeline == pipeline)
-                               .order_by(t.locks.c.id.desc()).limit(limit)).scalars().all()
+                               .order_by(t.locks.c.id.desc())
+                               .limit(_limit(limit))).scalars().all()
             return [lock for i in ids if (lock := _lock(conn, i))]
 
     # --- rollbacks ------------------------------------------------------------------------
@@ -631,7 +665,7 @@ class Store:
         with self._tx() as conn:
             ids = conn.execute(sa.select(t.rollbacks.c.id).where(
                 t.rollbacks.c.pipeline == pipeline).order_by(t.rollbacks.c.id.desc())
-                .limit(limit)).scalars().all()
+                .limit(_limit(limit))).scalars().all()
             return [r for i in ids if (r := _rollback(conn, i))]
 
     def live_history(self, pipeline: str) -> list[LiveEntry]:
@@ -647,17 +681,25 @@ class Store:
 
     def _event(self, conn: Connection, pipeline: str, kind: str, message: str, actor: str,
                release_id: int | None = None, data: dict[str, Any] | None = None) -> None:
-        conn.execute(t.events.insert().values(at=self.now(), pipeline=pipeline,
-                                              release_id=release_id, kind=kind, actor=actor,
-                                              message=message, data=data or {}))
+        conn.execute(t.events.insert().values(
+            self._event_row(pipeline, kind, message, actor, release_id, data)))
+
+    def _event_row(self, pipeline: str, kind: str, message: str, actor: str,
+                   release_id: int | None = None,
+                   data: dict[str, Any] | None = None) -> dict[str, Any]:
+        return {"at": self.now(), "pipeline": pipeline, "release_id": release_id,
+                "kind": kind, "actor": actor, "message": message, "data": data or {}}
 
     def events(self, pipeline: str, release_id: int | None = None,
                limit: int = 100) -> list[Event]:
+        if release_id is not None and not in_range(release_id):
+            return []
         query = sa.select(t.events).where(t.events.c.pipeline == pipeline)
         if release_id is not None:
             query = query.where(t.events.c.release_id == release_id)
         with self._tx() as conn:
-            rows = conn.execute(query.order_by(t.events.c.id.desc()).limit(limit)).all()
+            rows = conn.execute(query.order_by(t.events.c.id.desc())
+                                .limit(_limit(limit))).all()
         return [Event(r.id, r.at, r.pipeline, r.release_id, r.kind, r.actor, r.message,
                       r.data or {}) for r in reversed(rows)]
 
@@ -687,9 +729,7 @@ class Store:
     def delivery_seen(self, pipeline: str, delivery_id: str) -> bool:
         """Whether a webhook delivery already queued merges on this pipeline."""
         with self._tx() as conn:
-            return conn.execute(sa.select(t.merges.c.id).where(
-                t.merges.c.pipeline == pipeline, t.merges.c.delivery_id == delivery_id)
-                .limit(1)).first() is not None
+            return _delivery_seen(conn, pipeline, delivery_id)
 
     def requeue_merges(self, release_id: int, actor: str = "ship") -> int:
         """Queue a stopped release's commits again, for the next release (`ship serve` was
@@ -929,8 +969,33 @@ def _overtaken_by(conn: Connection, release: Release) -> Release | None:
     return _to_release(row) if row else None
 
 
+def in_range(number: int) -> bool:
+    """Whether `number` can name a row: 1..ID_MAX (ids and release numbers start at 1)."""
+    return 1 <= number <= ID_MAX
+
+
+def _limit(limit: int) -> int:
+    """A row count for LIMIT: a negative one means none (not "all", as on SQLite)."""
+    return max(0, min(limit, ID_MAX))
+
+
+def _delivery_seen(conn: Connection, pipeline: str, delivery_id: str) -> bool:
+    return conn.execute(sa.select(t.merges.c.id).where(
+        t.merges.c.pipeline == pipeline, t.merges.c.delivery_id == delivery_id)
+        .limit(1)).first() is not None
+
+
+def _recorded_shas(conn: Connection, pipeline: str, shas: list[str]) -> set[str]:
+    found: set[str] = set()
+    for at in range(0, len(shas), 500):  # SQLite binds at most 999 values in old builds
+        found.update(conn.execute(sa.select(t.merges.c.sha).where(
+            t.merges.c.pipeline == pipeline,
+            t.merges.c.sha.in_(shas[at:at + 500]))).scalars())
+    return found
+
+
 def _release(conn: Connection, release_id: int | None) -> Release | None:
-    if release_id is None:
+    if release_id is None or not in_range(release_id):
         return None
     row = conn.execute(sa.select(t.releases).where(t.releases.c.id == release_id)).first()
     return _to_release(row) if row else None

@@ -18,13 +18,14 @@ from urllib.parse import parse_qs, quote
 
 import jinja2
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from orchestrator import flows
 from orchestrator.config import UnknownPipeline
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship
+from orchestrator.untrusted import CLOSE, BodyReader, BodyRefused, release_number
 from orchestrator.web import charts, views
 from orchestrator.web.auth import CSRF_FIELD, FLASH_COOKIE, Guard, Refused
 
@@ -34,6 +35,7 @@ STATIC_PATH = "/static/ship"
 # the pipeline page shows a rollback that is still running.
 ROLLBACK_WAIT_S = 15.0
 FORM_LIMIT = 16_384  # bytes: our forms are a few short fields
+FORMS_AT_ONCE = 8  # form bodies read at once: at most 8 × 16 KiB held unverified
 # Pages use only what ship serves, are never framed, and post only to ship.
 HEADERS = {
     "cache-control": "no-store",
@@ -54,6 +56,15 @@ class BadInput(Refused):
     status = 400
 
 
+class TooLarge(Exception):
+    """A form body refused unread (413, 408 or 503): answered as plain text, and the
+    connection closed so the client stops sending."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class WebUi:
     def __init__(self, ship: Ship, runner: Runner) -> None:
         self.ship = ship
@@ -67,6 +78,7 @@ class WebUi:
         self.templates.globals.update(static=STATIC_PATH, csrf_field=CSRF_FIELD, quote=quote,
                                       stages=views.TIMELINE)
         self._rollbacks: set[asyncio.Task] = set()
+        self.forms = BodyReader(FORM_LIMIT, FORMS_AT_ONCE)
 
     # --- rendering --------------------------------------------------------------------------
 
@@ -113,9 +125,12 @@ class WebUi:
                            rollbacks=views.rollback_rows(self.ship.store, name),
                            dora=views.dora_view(self.ship, name, now), refresh=view.busy)
 
-    def release(self, request: Request, name: str, number: int) -> HTMLResponse:
+    def release(self, request: Request, name: str, number: str) -> HTMLResponse:
         name = self.pipeline_name(name)
-        release = self.ship.store.release_by_number(name, number)
+        try:
+            release = self.ship.store.release_by_number(name, release_number(number))
+        except ValueError as error:
+            raise NotFound(f"{name} has no such release ({error})") from None
         if release is None:
             raise NotFound(f"{name} has no release #{number}")
         page = views.release_page(self.ship, name, release, self.ship.clock.now())
@@ -134,7 +149,7 @@ class WebUi:
     # --- actions ------------------------------------------------------------------------------
 
     async def login(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await _form(request, self.forms)
         if not self.guard.csrf_ok(request, form):
             return self.refuse(request, "the form's CSRF token is missing or does not match: "
                                "reload the page and try again")
@@ -150,7 +165,7 @@ class WebUi:
         return response
 
     async def logout(self, request: Request) -> Response:
-        form = await _form(request)
+        form = await _form(request, self.forms)
         if not self.guard.csrf_ok(request, form):
             return self.refuse(request, "the form's CSRF token is missing or does not match")
         response = self.redirect(request, "/", "logged out", True)
@@ -161,7 +176,7 @@ class WebUi:
                   action: Callable[[str, str, dict[str, str]], Awaitable[tuple[str, bool]]],
                   ) -> Response:
         """Check the CSRF token and the operator, then act and say how it went."""
-        form = await _form(request)
+        form = await _form(request, self.forms)
         try:
             name = self.pipeline_name(name)
             actor = self.guard.operator(request, form)
@@ -192,10 +207,12 @@ class WebUi:
     async def rollback(self, name: str, actor: str, form: dict[str, str]) -> tuple[str, bool]:
         """Roll back to the chosen release and lock. The flow runs on this event loop, as
         a task of its own, so a slow fleet never ends it when the request is answered."""
+        if not form.get("to", "").strip():
+            raise BadInput("choose the release to roll back to")
         try:
-            to = int(form.get("to", ""))
-        except ValueError:
-            raise BadInput("choose the release to roll back to") from None
+            to = release_number(form["to"], "to")
+        except ValueError as error:
+            raise BadInput(f"choose the release to roll back to ({error})") from None
         reason = form.get("reason", "").strip() or f"rollback from the web UI by {actor}"
         work = asyncio.ensure_future(self.runner.rollback(name, actor, reason, to_number=to))
         self._rollbacks.add(work)
@@ -225,6 +242,10 @@ class WebUi:
         title = "Refused" if status == 403 else "Not done"
         return self.render(request, "refused.html", status=status, title=title, why=why)
 
+    def too_large(self, request: Request, error: TooLarge) -> Response:
+        return PlainTextResponse(str(error), status_code=error.status,
+                                 headers={**HEADERS, **CLOSE})
+
     def not_found(self, request: Request, error: NotFound) -> Response:
         return self.render(request, "refused.html", status=404, title="Not found",
                            why=str(error))
@@ -236,6 +257,7 @@ def mount(app: FastAPI, ship: Ship, runner: Runner) -> WebUi:
         ship.pipeline(name)  # build every runtime now, never from two requests at once
     app.mount(STATIC_PATH, StaticFiles(directory=HERE / "static"), name="ship-static")
     app.add_exception_handler(NotFound, ui.not_found)  # type: ignore[arg-type]
+    app.add_exception_handler(TooLarge, ui.too_large)  # type: ignore[arg-type]
     html = {"response_class": HTMLResponse, "include_in_schema": False}
     app.add_api_route("/", ui.overview, methods=["GET"], **html)
     app.add_api_route("/dora", ui.dora, methods=["GET"], **html)
@@ -263,15 +285,16 @@ def _acting(ui: WebUi, action: Callable[..., Awaitable[tuple[str, bool]]],
 # --- helpers -----------------------------------------------------------------------------------
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def _form(request: Request, reader: BodyReader) -> dict[str, str]:
     """A urlencoded form's fields (the first value of each); anything else reads as empty,
-    which fails the CSRF check."""
+    which fails the CSRF check. A body past FORM_LIMIT is refused (TooLarge) as it arrives."""
     if not request.headers.get("content-type", "").startswith(
             "application/x-www-form-urlencoded"):
         return {}
-    body = await request.body()
-    if len(body) > FORM_LIMIT:
-        return {}
+    try:
+        body = await reader.read(request)
+    except BodyRefused as refused:
+        raise TooLarge(str(refused), refused.status) from None
     fields = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True,
                       max_num_fields=32)
     return {key: values[0] for key, values in fields.items()}
