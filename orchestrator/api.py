@@ -11,7 +11,6 @@ never stops a rollback half-way, and a draining server waits for it.
 from __future__ import annotations
 
 import hmac
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -22,27 +21,31 @@ from fastapi.responses import JSONResponse
 from orchestrator.config import UnknownPipeline
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship
+from orchestrator.untrusted import CLOSE, BadInput, BodyReader, BodyRefused, load_json, typed
+from orchestrator.untrusted import release_number as checked_number
 
 BODY_LIMIT = 16_384  # bytes: a few short fields
 TEXT_LIMIT = 1_000  # characters of a reason or an actor
-NUMBER_LIMIT = 2**63 - 1  # the store's integers
-
-
-class BadRequest(Exception):
-    pass
 
 
 def mount_api(app: FastAPI, ship: Ship, runner: Runner, token: str) -> None:
+    bodies = BodyReader(BODY_LIMIT, at_once=4)
+
     @app.post("/api/rollback")
     async def rollback(request: Request) -> JSONResponse:
         if not _authorized(request.headers, token):
-            return JSONResponse({"error": "a valid bearer token is required"}, status_code=401)
+            return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
+                                headers=CLOSE)
         if app.state.stopping:
-            return JSONResponse({"error": "ship serve is stopping"}, status_code=503)
+            return JSONResponse({"error": "ship serve is stopping"}, status_code=503,
+                                headers=CLOSE)
         try:
-            asked = _rollback_request(await _bounded_json(request))
+            asked = _rollback_request(load_json(await bodies.read(request)))
             name = ship.config.pipeline(asked.pop("pipeline")).name
-        except BadRequest as error:
+        except BodyRefused as refused:
+            return JSONResponse({"error": str(refused)}, status_code=refused.status,
+                                headers=CLOSE)
+        except BadInput as error:
             return JSONResponse({"error": str(error)}, status_code=400)
         except UnknownPipeline as error:
             return JSONResponse({"error": str(error)}, status_code=404)
@@ -59,42 +62,29 @@ def _authorized(headers: Mapping[str, str], token: str) -> bool:
         given.strip().encode(), token.encode())
 
 
-async def _bounded_json(request: Request) -> Any:
-    """The body as JSON, read no further than BODY_LIMIT bytes."""
-    if int(request.headers.get("content-length") or 0) > BODY_LIMIT:
-        raise BadRequest(f"body over {BODY_LIMIT} bytes")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > BODY_LIMIT:
-            raise BadRequest(f"body over {BODY_LIMIT} bytes")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise BadRequest("the body is not JSON") from None
-
-
 def _rollback_request(body: Any) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    typed(body, dict, "body")
     asked = {"pipeline": _text(body, "pipeline"), "actor": _text(body, "actor"),
              "reason": _text(body, "reason"), "to_number": None, "minutes_ago": None}
     to, minutes = body.get("to"), body.get("minutes_ago")
     if to is not None and minutes is not None:
-        raise BadRequest("give `to` or `minutes_ago`, not both")
+        raise BadInput("give `to` or `minutes_ago`, not both")
     if to is not None:
-        if type(to) is not int or not 1 <= to <= NUMBER_LIMIT:
-            raise BadRequest("to: expected a release number")
-        asked["to_number"] = to
+        if not isinstance(to, int):  # a JSON number, not digits in a string
+            raise BadInput("to: expected a release number")
+        try:
+            asked["to_number"] = checked_number(to, "to")
+        except ValueError as error:
+            raise BadInput(str(error)) from None
     if minutes is not None:
         if type(minutes) not in (int, float) or not math.isfinite(minutes) or minutes < 0:
-            raise BadRequest("minutes_ago: expected a finite number of minutes, 0 or more")
+            raise BadInput("minutes_ago: expected a finite number of minutes, 0 or more")
         asked["minutes_ago"] = float(minutes)
     return asked
 
 
 def _text(body: dict[str, Any], field: str) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not value.strip() or len(value) > TEXT_LIMIT:
-        raise BadRequest(f"{field}: expected text of 1 to {TEXT_LIMIT} characters")
+    value = typed(body.get(field), str, field)
+    if not value.strip() or len(value) > TEXT_LIMIT:
+        raise BadInput(f"{field}: expected text of 1 to {TEXT_LIMIT} characters")
     return value

@@ -110,7 +110,7 @@ def typed(value: Any, kind: type, where: str, optional: bool = False) -> Any:
 
 def release_number(value: Any, what: str = "release") -> int:
     """A release number from outside (a URL, a form, a button): a JSON integer or a string
-    of digits, in 1..2**63-1. ValueError naming `what` otherwise."""
+    of digits, in 1..ID_MAX (the store's integers). ValueError naming `what` otherwise."""
     if isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
         value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool) and in_range(value):
