@@ -25,6 +25,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -200,8 +201,9 @@ class LocalFleet:
         """Hosts that are down or were: found without their agent when this driver started
         (and with `agents: start`, started again), or not answering on their port now."""
         found = {failure.host: failure.reason for failure in self.revived}
-        for host in self.hosts:
-            now = self._down(host)
+        with ThreadPoolExecutor(8) as pool:  # a host that hangs costs its probe's timeout
+            downs = list(pool.map(self._down, self.hosts))
+        for host, now in zip(self.hosts, downs, strict=True):
             if now:
                 found[host.name] = f"{found[host.name]}; {now}" if host.name in found else now
         return [HostFailure(name, reason) for name, reason in found.items()]
