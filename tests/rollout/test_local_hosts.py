@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import requests
+import yaml
 
 from orchestrator import config
 from orchestrator.reconcile import attention, reconcile
@@ -101,22 +102,17 @@ def test_agents_outlive_a_killed_ship_process_and_the_next_one_adopts_them(
     assert fleet_processes(hosts_root) == []
 
 
-PIPELINE = """
-version: 1
-pipelines:
-  us:
-    region: local
-    repo: {{name: example/chat}}
-    build: {{type: sim}}
-    preprod: {{fleet: {{driver: sim, hosts: 1}}}}
-    fleet: {{driver: local, hosts: 2, workers: 1, root: "{root}", boot_timeout: 10,
-             idle_grace: 0.2, agents: {agents}}}
-    rollout: {{stagger: 0s, drain_timeout: 3s}}
-    heartbeat:
-      source: {{type: sim}}
-      metrics: [{{name: messages_created, query: messages_created}}]
-    notify: {{console: false}}
-"""
+def pipelines_yaml(root: Path, agents: str) -> str:
+    """One pipeline whose fleet is the local fleet at `root`, with SETTINGS."""
+    fleet = {"driver": "local", "hosts": 2, "workers": 1, "root": str(root), "boot_timeout": 10,
+             "idle_grace": 0.2, "agents": agents}
+    pipeline = {"region": "local", "repo": {"name": "example/chat"}, "build": {"type": "sim"},
+                "preprod": {"fleet": {"driver": "sim", "hosts": 1}}, "fleet": fleet,
+                "rollout": {"stagger": 0, "drain_timeout": 3},
+                "heartbeat": {"source": {"type": "sim"}, "metrics": [
+                    {"name": "messages_created", "query": "messages_created"}]},
+                "notify": {"console": False}}
+    return yaml.safe_dump({"version": 1, "pipelines": {"us": pipeline}})
 
 
 @pytest.mark.parametrize("agents", ["start", "attach"])
@@ -130,7 +126,7 @@ def test_reconcile_names_the_hosts_of_a_live_release_that_are_gone(
     kill_host_and_workers(fleet, 1)
     fleet.detach()  # this ship process stops; its hosts serve on
 
-    loaded = config.parse(PIPELINE.format(root=hosts_root, agents=agents))
+    loaded = config.parse(pipelines_yaml(hosts_root, agents))
     ship = Ship(loaded, store, notifiers=[], state_dir=tmp_path / "state")
     outcomes = asyncio.run(reconcile(ship, watch=False))
     ship.close_providers()
