@@ -3,12 +3,17 @@ workers of examples/app, real HTTP.
 
     .venv/bin/python bench/fleet_local.py [--hosts 4] [--workers 3] [--clients 8] [--rate 25]
                                           [--stagger 1] [--drain-timeout 5] [--settle 1]
+                                          [--boot-delay 0]
 
 A steady stream of requests (`--clients` threads x `--rate` requests/s, round-robin over the
 hosts, half keep-alive, one in four a POST /messages) runs while release 2 is published to a
 fleet serving release 1, then while release 1 is published again (a rollback to a kept
 release). For each phase it prints requests sent, failed, the rate achieved, p50/p99 latency,
 and the fleet's timings from FleetStatus (seconds after publish).
+
+`--workers 1 --boot-delay 2` is a host of one worker whose app takes 2 s to boot (as a
+gunicorn HUP would): a restart that stopped the worker before its replacement served would
+fail or stall requests for those 2 s; a surge restart shows neither.
 """
 
 from __future__ import annotations
@@ -32,8 +37,10 @@ from tests.rollout.loadgen import Load, Outcome
 APP = Path(__file__).resolve().parents[1] / "examples" / "app"
 
 
-def build(number: int, store: Path, context: ProviderContext) -> ReleaseRef:
-    config = TarballBuildConfig(type="tarball", source=str(APP), store=str(store))
+def build(number: int, store: Path, context: ProviderContext,
+          boot_delay: float = 0.0) -> ReleaseRef:
+    config = TarballBuildConfig(type="tarball", source=str(APP), store=str(store),
+                                release_json={"boot_delay": boot_delay} if boot_delay else {})
     ref = ReleaseRef(id=number, pipeline="bench", number=number, sha=f"{number:040x}")
     return replace(ref, slug=TarballBuilder(config, context).build(ref))
 
@@ -87,11 +94,14 @@ def main() -> None:
     parser.add_argument("--stagger", type=float, default=1.0)
     parser.add_argument("--drain-timeout", type=float, default=5.0)
     parser.add_argument("--settle", type=float, default=1.0, help="steady load before and after")
+    parser.add_argument("--boot-delay", type=float, default=0.0,
+                        help="seconds each worker of the app takes to boot")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="ship-bench-") as scratch:
         context = ProviderContext("bench", "local", state_dir=Path(scratch))
-        one, two = (build(n, Path(scratch) / "slugs", context) for n in (1, 2))
+        one, two = (build(n, Path(scratch) / "slugs", context, args.boot_delay)
+                    for n in (1, 2))
         settings = RolloutSettings(stagger=args.stagger, drain_timeout=args.drain_timeout)
         config = LocalFleetConfig(driver="local", hosts=args.hosts, workers=args.workers)
         started = time.monotonic()
@@ -100,7 +110,8 @@ def main() -> None:
             until_done(fleet)
             print(f"{args.hosts} hosts x {args.workers} workers up in "
                   f"{time.monotonic() - started:.2f}s; load: {args.clients} clients x "
-                  f"{args.rate:g}/s; stagger {args.stagger:g}s")
+                  f"{args.rate:g}/s; stagger {args.stagger:g}s; boot delay "
+                  f"{args.boot_delay:g}s")
             with Load(fleet.host_urls, clients=args.clients, rate=args.rate) as load:
                 time.sleep(args.settle)
                 steady = time.monotonic()

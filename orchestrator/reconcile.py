@@ -29,6 +29,11 @@ What each stage becomes:
 - a running rollback: completed by publishing its target again, and the lock taken if the
   lost process had not taken it yet.
 
+The store's word that a release is live is only as good as the hosts serving it: for a
+pipeline with a live release, the hosts a fleet driver can check (`check_hosts`, the local
+fleet's) that are down, or were when this process started (an agent gone, started again),
+are named in a `hosts_down` event, which `ship status` shows.
+
 Every decision is a `reconcile` event (and a notice); a take over is a `take_over` event.
 """
 
@@ -76,7 +81,7 @@ ACTOR = "reconcile"
 WATCHED = (State.LIVE, State.WATCHING)
 # Events worth a person's attention, shown by `ship status`.
 FAULT_KINDS = ("notify_failed", "overdue", "reconcile", "take_over", "hold", "revert",
-               "rollback_failed", "breach", "stall")
+               "rollback_failed", "breach", "stall", "hosts_down")
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,8 @@ class Reconciled:
     pipeline: str
     release: str | None
     was: str
-    # failed | halted | live | watching | rolled_back | rollback_failed | left | paged | error
+    # failed | halted | live | watching | rolled_back | rollback_failed | left | paged |
+    # hosts_down | error
     action: str
     detail: str
 
@@ -124,7 +130,7 @@ async def reconcile(ship: Ship, runner: Runner | None = None, *, take_over: bool
 async def _reconcile_pipeline(ship: Ship, name: str, take_over: bool,
                               watch: bool) -> list[Reconciled]:
     store = ship.store
-    found: list[Reconciled] = []
+    found = await _hosts_down(ship, name)
     rollback = store.pipeline_state(name).rollback
     if rollback is not None:
         found.append(await _settle_rollback(ship, name, rollback, take_over))
@@ -139,6 +145,22 @@ async def _reconcile_pipeline(ship: Ship, name: str, take_over: bool,
                     rolling_back and rolling_back.from_id == release.id):
                 found.append(await _settle_watch(ship, name, release, take_over))
     return found
+
+
+async def _hosts_down(ship: Ship, name: str) -> list[Reconciled]:
+    """The hosts of a live release that are down or were (agents found gone), named."""
+    live = ship.store.pipeline_state(name).live
+    check = getattr(ship.pipeline(name).fleet, "check_hosts", None) if live else None
+    if live is None or not callable(check):
+        return []
+    down = await asyncio.to_thread(check)
+    if not down:
+        return []
+    detail = (f"the store says {live.name} is live, but {len(down)} host(s) are or were down: "
+              + "; ".join(f"{f.host}: {f.reason}" for f in down))
+    ship.store.event(name, "hosts_down", detail, ACTOR, live.id,
+                     {"hosts": {f.host: f.reason for f in down}})
+    return [Reconciled(name, live.name, live.state.value, "hosts_down", detail)]
 
 
 # --- who drives what ------------------------------------------------------------------------

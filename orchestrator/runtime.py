@@ -145,13 +145,16 @@ class Ship:
         """The pipelines this process has built a runtime for."""
         return list(self._pipelines)
 
-    def close_providers(self) -> None:
-        """Stop what providers started in this process: a local fleet's agents, a local
-        heartbeat source's sampler. Simulated and remote providers have nothing to stop."""
+    def close_providers(self, stop_hosts: bool = False) -> None:
+        """Stop what providers started in this process: a local heartbeat source's sampler.
+        A local fleet's hosts keep serving (hosts outlive their orchestrator; the next ship
+        process adopts them) unless `stop_hosts`. Simulated and remote providers have
+        nothing to stop."""
         for runtime in self._pipelines.values():
             for part in (runtime.fleet, runtime.preprod, *runtime.more_preprods.values(),
                          runtime.source):
-                stop = getattr(part, "close", None) or getattr(part, "stop", None)
+                detach = None if stop_hosts else getattr(part, "detach", None)
+                stop = detach or getattr(part, "close", None) or getattr(part, "stop", None)
                 if callable(stop):
                     stop()
 

@@ -15,18 +15,25 @@ Host layout (Capistrano's), all under --root:
     desired.json                   what the fleet driver wants (written atomically, polled)
     status.json                    what this agent reports (written atomically on every change)
     counters                       the host's messages_created, shared by its workers
+    run/agent.json                 this agent: pid, process start time, port (see running_agent)
     run/workers.json               the workers this agent started, to adopt after a crash
     log/workers.log                the workers' output
     slugs/                         slugs `deploy` downloaded from S3
 
-The agent owns one listening socket on 127.0.0.1:PORT shared by its K workers, so that no
-connection is refused while workers change. For a new desired release it unpacks the slug
-(nothing to do for a kept release), waits a random stagger in [0, stagger), swaps `current`, then
-for each worker: SIGTERM (the worker stops accepting and drains within the drain timeout), start
-a replacement on the new release, wait until it answers its health check, next. A replacement
-that is not healthy within the boot timeout stops the restart: `current` goes back, the host
-keeps serving the old release and reports `failed` with the reason. The host never serves with
-fewer than K-1 healthy workers.
+The agent owns one socket on 127.0.0.1:PORT shared by its K workers, so that no connection is
+refused while workers change. It listens only while it has a worker: a host with none (a new
+host waiting out its stagger, or one whose only release crashed) refuses connections at once
+rather than letting them hang in the backlog. A refused connection is what a load balancer
+handles best: its health check fails fast, and it may retry any request, a POST too, on
+another host, since the request was never sent (a 503 would have been).
+
+For a new desired release it unpacks the slug (nothing to do for a kept release), waits a
+random stagger in [0, stagger), swaps `current`, then for each worker: start a replacement on
+the new release, wait until it answers its health check, then SIGTERM the old one (it stops
+accepting and drains within the drain timeout; killed past it), next. A replacement that is not
+healthy within the boot timeout stops the restart: `current` goes back, the host keeps serving
+the old release and reports `failed` with the reason. The host never serves with fewer than K
+healthy workers (K+1 for a moment), so a host of one worker has no gap either.
 
 Killed with SIGKILL, the agent leaves its workers serving; started again, it adopts them (their
 pids are in run/workers.json; on Linux, workers it had not recorded yet are found by their
@@ -148,6 +155,7 @@ class HostLayout:
         self.status = root / "status.json"
         self.counters = root / "counters"
         self.run = root / "run"
+        self.agent = self.run / "agent.json"
         self.workers = self.run / "workers.json"
         self.worker_log = root / "log" / "workers.log"
         for directory in (self.releases, self.run, self.worker_log.parent):
@@ -225,6 +233,87 @@ def _slug_bytes(desired: Desired) -> bytes:
     if actual != desired.slug_id:
         raise SlugError(f"slug {desired.slug_uri} is {actual}, not {desired.slug_id}")
     return data
+
+
+def process_started(pid: int) -> int | None:
+    """When the process started (clock ticks since boot, /proc/PID/stat field 22): with the
+    pid, it tells a process from a later one that reused its pid. None: no such process, or
+    no /proc."""
+    try:
+        fields_ = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields_[19]) if fields_[0] != "Z" else None
+
+
+def running_agent(record_path: Path) -> dict[str, Any] | None:
+    """The agent serving a host, from its run/agent.json (pid, start time, port, arguments),
+    if that very process still runs; None when there is none."""
+    record = read_json(record_path)
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return None
+    started = process_started(record["pid"])
+    if started is None and Path("/proc").is_dir():
+        return None
+    if started is None:  # no /proc here: the pid alone
+        try:
+            os.kill(record["pid"], 0)
+        except OSError:
+            return None
+    elif started != record.get("started"):
+        return None  # the pid was reused
+    return record
+
+
+class SharedSocket:
+    """The host's port, shared by its workers. It listens only while a worker may accept:
+    without one, connections are refused at once instead of waiting in the backlog."""
+
+    def __init__(self, port: int, adopted: socket.socket | None = None) -> None:
+        self.sock: socket.socket | None = adopted or _bound(port)
+        self.listening = adopted is not None
+        self.port: int = self.sock.getsockname()[1]
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def listen(self, patience: float) -> None:
+        if self.sock is None:
+            self.sock = _bound(self.port, patience)
+        if not self.listening:
+            self.sock.listen(512)
+            self.listening = True
+
+    def refuse(self) -> None:
+        """Stop listening (a socket cannot un-listen: close it, bind the port again)."""
+        if self.listening and self.sock is not None:
+            self.sock.close()
+            self.sock, self.listening = None, False
+        if self.sock is None:
+            # A draining worker may hold the old socket a moment longer: bind on a later step.
+            with contextlib.suppress(OSError):
+                self.sock = _bound(self.port)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+
+
+def _bound(port: int, patience: float = 0.0) -> socket.socket:
+    """A socket bound to 127.0.0.1:port that does not listen yet (connections refused)."""
+    deadline = time.monotonic() + patience
+    while True:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+            return sock
+        except OSError:
+            sock.close()
+            if time.monotonic() >= deadline:
+                raise
+        time.sleep(0.05)
 
 
 @dataclass(eq=False)
@@ -313,7 +402,8 @@ class Agent:
         self.keep: int = options.keep
         self.boot_timeout: float = options.boot_timeout
         self.parent = os.getppid() if options.exit_with_parent else None
-        self.listener: socket.socket | None = None
+        self.listener: SharedSocket | None = None
+        self.arguments: list[str] = options.arguments
         self.workers: list[WorkerProcess] = []
         self.draining: list[WorkerProcess] = []  # adopted while draining: only watched
         self.run = Run()
@@ -334,8 +424,10 @@ class Agent:
         if not self.port and self.workers:  # --port 0 again: the port the workers listen on
             self.port = saved.get("port") or 0
         self.listener = self._shared_socket()
-        self.port = self.listener.getsockname()[1]
+        self.port = self.listener.port
         log(f"host {self.name} on 127.0.0.1:{self.port}, {len(self.workers)} workers adopted")
+        write_json(self.layout.agent, {"pid": os.getpid(), "started": process_started(
+            os.getpid()), "port": self.port, "arguments": self.arguments})
         self._resume(saved)
         while not self._stopping:
             self._step()
@@ -376,6 +468,8 @@ class Agent:
             self.listener.close()
         self.run.phase = "stopped"
         self._write_status()
+        with contextlib.suppress(FileNotFoundError):
+            self.layout.agent.unlink()
         log("stopped")
 
     # --- the rolling restart --------------------------------------------------------------
@@ -413,14 +507,16 @@ class Agent:
         self._prune()
 
     def _converge(self, target: str) -> None:
-        """Fill up to K workers on the target, replace the others one at a time, trim extras."""
+        """Fill up to K workers on the target, then replace the others one at a time with a
+        surge: the replacement serves before the old worker drains, so even a host of one
+        worker with a slow-booting app never has nobody accepting. Trim extras."""
         while len(self.workers) < self.wanted:
             self._check_interrupt()
             self._replace(target)
         for worker in [w for w in self.workers if w.release_dir != target]:
             self._check_interrupt()
-            self._retire(worker)
             self._replace(target)
+            self._retire(worker)
         for worker in self.workers[self.wanted:]:
             self._retire(worker)
 
@@ -472,6 +568,7 @@ class Agent:
 
     def _spawn(self, release_dir: str) -> WorkerProcess:
         assert self.listener is not None
+        self.listener.listen(patience=self.drain_timeout + KILL_MARGIN_S)
         health = socket.create_server(("127.0.0.1", 0))
         port = health.getsockname()[1]
         handoff = self.layout.handoff(port)
@@ -555,6 +652,8 @@ class Agent:
             self.workers.remove(worker)
         if dead:
             self._save_workers()
+        if not self.workers and self.listener:
+            self.listener.refuse()
         if time.monotonic() - self._last_health >= HEALTH_EVERY_S:
             self._last_health = time.monotonic()
             for worker in self.workers:
@@ -580,16 +679,16 @@ class Agent:
             (self.draining if worker.state == "draining" else self.workers).append(worker)
         self._save_workers()
 
-    def _shared_socket(self) -> socket.socket:
+    def _shared_socket(self) -> SharedSocket:
         """The socket adopted workers accept on, or a new one when none is left."""
         deadline = time.monotonic() + self.boot_timeout + 1.0
         while True:
             for worker in self.workers:
                 received = _receive_socket(worker.handoff)
                 if received:
-                    return received
+                    return SharedSocket(self.port, adopted=received)
             try:
-                return socket.create_server(("127.0.0.1", self.port), backlog=512)
+                return SharedSocket(self.port)
             except OSError:
                 if time.monotonic() >= deadline:
                     raise
@@ -697,6 +796,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     options = parser.parse_args(argv)
     if options.workers < 1 or options.keep < 1:
         parser.error("--workers and --keep must be at least 1")
+    options.arguments = list(argv)
     return options
 
 
@@ -734,17 +834,7 @@ def deploy(argv: list[str]) -> int:
 
 
 def _agent_running(root: Path) -> bool:
-    status = read_json(root / "status.json")
-    if not isinstance(status, dict) or status.get("phase") == "stopped":
-        return False
-    pid = status.get("pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return False
-    return True
+    return running_agent(root / "run" / "agent.json") is not None
 
 
 def _number_of(release: str) -> int | None:

@@ -5,26 +5,43 @@ publish() writes desired.json into every host's root at once and returns; each a
 and restarts on its own. observe() reads every host's status.json: O(hosts) small reads.
 Durations: the stagger is pipeline time (divided by the clock's speed); the drain timeout and
 the boot timeout bound real requests and real processes, so they are real seconds.
+
+Hosts are hosts: with `agents: start` the agents run in sessions of their own and outlive the
+ship process that started them (killed, or stopped by `ship serve`'s SIGTERM), as real hosts
+outlive their orchestrator. The next driver on the same root adopts the running ones (each
+agent's run/agent.json names its pid, process start time and port) and starts only those that
+are gone, remembering them for reconcile (check_hosts). close() or stop_agents(root) stops
+them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PrivateAttr, model_validator
 
-from rollout.agent import Desired, HostLayout, live_workers, now_iso, read_json
+from rollout.agent import (
+    Desired,
+    HostLayout,
+    live_workers,
+    now_iso,
+    process_started,
+    read_json,
+    running_agent,
+)
 from rollout.sim import quantile
 from shiptypes import (
     FleetStatus,
@@ -41,6 +58,7 @@ from shiptypes import (
 # and the package's __init__ would import every driver (boto3 alone costs half a second).
 AGENT = Path(__file__).resolve().with_name("agent.py")
 START_TIMEOUT_S = 20.0
+PROBE_TIMEOUT_S = 2.0
 
 
 class LocalFleetConfig(ProviderConfig):
@@ -49,16 +67,18 @@ class LocalFleetConfig(ProviderConfig):
     workers: int = Field(2, ge=1, le=32, description="processes per host, restarted one at a time")
     base_port: int = Field(0, ge=0, le=65535,
                            description="host i listens on base_port + i; 0 picks free ports")
-    root: str | None = Field(None, description="directory of the hosts' roots; default: a new "
-                                               "folder under the state dir, removed on close")
+    root: str | None = Field(None, description="directory of the hosts' roots; default: "
+                                               "fleet/<pipeline> under the state dir")
     boot_timeout: Seconds = Field(30.0, gt=0, description="a replacement worker not healthy "
                                                           "by then fails its host (real seconds)")
     idle_grace: Seconds = Field(1.0, ge=0, description="a draining worker closes keep-alive "
                                                        "connections idle this long")
     agents: Literal["start", "attach"] = Field(
-        "start", description="start: this process starts the hosts' agents and stops them on "
-        "close; attach: the agents run on their own at `root` (`ship agent`, e.g. under "
-        "systemd) and outlive this process, as real hosts outlive their orchestrator")
+        "start", description="start: this process starts the hosts' agents that are not "
+        "running yet and adopts those that are; they outlive it, as real hosts outlive their "
+        "orchestrator; attach: the agents run on their own at `root` (`ship agent`, e.g. "
+        "under systemd) and are never started here")
+    _preprod_slot: int | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _attach_needs_root(self) -> LocalFleetConfig:
@@ -69,11 +89,20 @@ class LocalFleetConfig(ProviderConfig):
     def for_slot(self, slot: int) -> LocalFleetConfig:
         """The pre-prod of release slot `slot` (`train.in_flight`): hosts of its own at
         `<root>-<slot>` (where attached agents must run), on ports after the slots before."""
-        if not slot:
-            return self
-        return self.model_copy(update={
+        copy = self if not slot else self.model_copy(update={
             "root": f"{self.root}-{slot}" if self.root else None,
             "base_port": self.base_port + slot * self.hosts if self.base_port else 0})
+        copy = copy.model_copy()
+        copy._preprod_slot = slot  # its default root is its own
+        return copy
+
+    def default_root(self, context: ProviderContext) -> Path:
+        """The same for every ship process of a pipeline, so that the next one finds the
+        hosts the last one started."""
+        name = context.pipeline
+        if self._preprod_slot is not None:
+            name += f"-preprod-{self._preprod_slot}"
+        return context.state_dir / "fleet" / name
 
 
 @dataclass
@@ -81,7 +110,7 @@ class _Host:
     name: str
     layout: HostLayout
     port: int
-    process: subprocess.Popen[bytes] | None = None
+    process: subprocess.Popen[bytes] | None = None  # the agent, when this process started it
 
 
 class LocalFleet:
@@ -93,26 +122,22 @@ class LocalFleet:
         self.rollout = rollout
         self._clock = context.clock
         self._speed = float(getattr(context.clock, "speed", 1.0))
-        self._owns_root = config.root is None
-        self.root = (Path(config.root) if config.root else
-                     context.state_dir / "fleet" / f"{context.pipeline}-{uuid.uuid4().hex[:8]}")
+        self.root = Path(config.root) if config.root else config.default_root(context)
         self.hosts = [
             _Host(f"host-{i}", HostLayout(self.root.resolve() / f"host-{i}"),
                   config.base_port + i if config.base_port else 0)
             for i in range(config.hosts)
         ]
+        # Hosts found without their agent when this driver started: for reconcile to report.
+        self.revived: list[HostFailure] = []
         # What the fleet was last told, by this process or one before it (a restarted
         # orchestrator goes on observing the same publish).
         self._published: Desired | None = Desired.load(self.hosts[0].layout.desired)
         if config.agents == "attach":
-            for host in self.hosts:
-                host.port = _running_agent_port(host.layout)
+            self._attach()
             return
         try:
-            for index in range(len(self.hosts)):
-                self._launch(index)
-            for index in range(len(self.hosts)):
-                self._await_agent(index)
+            self._start_missing()
         except BaseException:
             self.close()
             raise
@@ -168,12 +193,26 @@ class LocalFleet:
         """Every agent's status.json as it stands ({} before the first one)."""
         return [read_json(host.layout.status) or {} for host in self.hosts]
 
+    def agent_pids(self) -> list[int | None]:
+        """The pid of each host's running agent (None: not running)."""
+        return [(running_agent(h.layout.agent) or {}).get("pid") for h in self.hosts]
+
+    def check_hosts(self) -> list[HostFailure]:
+        """Hosts that are down or were: found without their agent when this driver started
+        (and with `agents: start`, started again), or not answering on their port now."""
+        found = {failure.host: failure.reason for failure in self.revived}
+        with ThreadPoolExecutor(8) as pool:  # a host that hangs costs its probe's timeout
+            downs = list(pool.map(self._down, self.hosts))
+        for host, now in zip(self.hosts, downs, strict=True):
+            if now:
+                found[host.name] = f"{found[host.name]}; {now}" if host.name in found else now
+        return [HostFailure(name, reason) for name, reason in found.items()]
+
     def kill_host(self, index: int) -> None:
         """SIGKILL a host's agent (its workers keep serving), as a crash would."""
-        process = self.hosts[index].process
-        if process and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        process, pid = self.hosts[index].process, self.agent_pids()[index]
+        if pid is not None:
+            _kill_and_await(pid, process if process and process.pid == pid else None)
 
     def start_host(self, index: int) -> None:
         """Start a host's agent again; it adopts the workers it left and carries on."""
@@ -181,25 +220,22 @@ class LocalFleet:
         self._await_agent(index)
 
     def close(self) -> None:
-        """Stop every agent (each drains its workers), then any worker a killed agent left.
-        Attached agents are not this process's to stop."""
+        """Stop the hosts: every agent (each drains its workers), then any worker a killed
+        agent left. The root stays (releases, logs): agents started on it again serve its
+        `current` release. Attached agents are not this process's to stop."""
         if self.config.agents == "attach":
             return
-        running = [h.process for h in self.hosts if h.process and h.process.poll() is None]
-        for process in running:
-            process.send_signal(signal.SIGTERM)
-        patience = self.rollout.drain_timeout + self.config.boot_timeout + 5.0
-        for process in running:
-            try:
-                process.wait(timeout=patience)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_agents(self.root, self.rollout.drain_timeout + self.config.boot_timeout + 5.0,
+                    [h.layout for h in self.hosts])
+        self.detach()
+
+    def detach(self) -> None:
+        """Let go of the agents this process started, leaving them serving (what `ship
+        serve` does when it stops: the hosts outlive it)."""
         for host in self.hosts:
-            for worker in live_workers(host.layout):
-                worker.signal(signal.SIGKILL)
-        if self._owns_root:
-            shutil.rmtree(self.root, ignore_errors=True)
+            if host.process is not None and host.process.poll() is not None:
+                host.process.wait()
+            host.process = None
 
     def __enter__(self) -> LocalFleet:
         return self
@@ -207,31 +243,92 @@ class LocalFleet:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _launch(self, index: int) -> None:
-        host = self.hosts[index]
-        command = [
-            sys.executable, str(AGENT), "--root", str(host.layout.root),
-            "--port", str(host.port), "--workers", str(self.config.workers), "--name", host.name,
-            "--stagger", str(self.rollout.stagger / self._speed),
+    def _attach(self) -> None:
+        """Agents run on their own: take their ports; one that is gone is reported (it
+        fails every publish) rather than refusing to start."""
+        for host in self.hosts:
+            record = running_agent(host.layout.agent)
+            if record is None:
+                host.port = _last_port(host.layout)
+                self.revived.append(HostFailure(host.name, "its agent is not running (agents: "
+                                                "attach: start `ship agent --root …` there)"))
+            else:
+                host.port = int(record["port"])
+
+    def _start_missing(self) -> None:
+        """Adopt the agents already serving the hosts; start the others (all at once)."""
+        launched = []
+        for index, host in enumerate(self.hosts):
+            record = running_agent(host.layout.agent)
+            if record is not None and record.get("arguments", [])[2:] == self._arguments(host):
+                host.port = int(record["port"])
+                continue
+            if record is not None:  # started with other settings: replace it, keep its workers
+                _kill_and_await(int(record["pid"]), None)
+            else:
+                self._note_gone(host)
+            host.port = _last_port(host.layout) or host.port
+            self._launch(index)
+            launched.append(index)
+        for index in launched:
+            self._await_agent(index)
+
+    def _note_gone(self, host: _Host) -> None:
+        """A host that ran before and lost its agent without being stopped."""
+        status = read_json(host.layout.status) or {}
+        if not status or status.get("phase") == "stopped":
+            return  # a new host, or one stopped on purpose
+        workers = live_workers(host.layout)
+        what = (f"its {len(workers)} worker(s) kept serving" if workers
+                else "no worker was left serving")
+        self.revived.append(HostFailure(host.name, f"its agent (pid {status.get('pid')}) was "
+                                        f"gone and {what}; started again"))
+
+    def _down(self, host: _Host) -> str | None:
+        """Why the host does not serve now, or None."""
+        if running_agent(host.layout.agent) is None:
+            return "its agent is not running"
+        connection = http.client.HTTPConnection("127.0.0.1", host.port, timeout=PROBE_TIMEOUT_S)
+        try:
+            connection.request("GET", "/healthz")
+            response = connection.getresponse()
+            response.read()
+        except (OSError, http.client.HTTPException) as error:
+            return f"nothing answers on port {host.port} ({type(error).__name__})"
+        finally:
+            connection.close()
+        return None if response.status == 200 else f"port {host.port} answers {response.status}"
+
+    def _arguments(self, host: _Host) -> list[str]:
+        """The agent's arguments after --port: what an adopted agent must have been given."""
+        return [
+            "--root", str(host.layout.root), "--workers", str(self.config.workers),
+            "--name", host.name, "--stagger", str(self.rollout.stagger / self._speed),
             "--drain-timeout", str(self.rollout.drain_timeout),
             "--idle-grace", str(self.config.idle_grace),
             "--keep", str(self.rollout.keep_releases),
-            "--boot-timeout", str(self.config.boot_timeout), "--exit-with-parent",
+            "--boot-timeout", str(self.config.boot_timeout),
         ]
+
+    def _launch(self, index: int) -> None:
+        """Start a host's agent in a session of its own: it outlives this process."""
+        host = self.hosts[index]
+        command = [sys.executable, str(AGENT), "--port", str(host.port),
+                   *self._arguments(host)]
         with (host.layout.root / "log" / "agent.log").open("ab") as output:
             host.process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
     def _await_agent(self, index: int) -> None:
-        """Until the agent reports the port it listens on."""
+        """Until the agent records itself (and the port it listens on)."""
         host = self.hosts[index]
         assert host.process is not None
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
-            status = read_json(host.layout.status) or {}
-            if status.get("pid") == host.process.pid and status.get("port"):
-                host.port = status["port"]
+            record = running_agent(host.layout.agent) or {}
+            if record.get("pid") == host.process.pid and record.get("port"):
+                host.port = int(record["port"])
                 return
             if host.process.poll() is not None:
                 break
@@ -245,10 +342,13 @@ class LocalFleet:
         if status.get("publish") != desired.publish:
             status = {"phase": "waiting"}
         status["host"] = host.name
-        exited = host.process.poll() if host.process else None
-        if exited is not None and status.get("phase") not in ("converged", "failed"):
+        if status.get("phase") in ("converged", "failed"):
+            return status
+        if running_agent(host.layout.agent) is None:
+            exited = host.process.poll() if host.process else None
             return {**status, "phase": "failed", "failed_at": now_iso(),
-                    "reason": f"agent exited with code {exited}"}
+                    "reason": "its agent is not running" if exited is None
+                    else f"agent exited with code {exited}"}
         return status
 
     def _pipeline_time_converter(self) -> Callable[[str | None], datetime | None]:
@@ -264,15 +364,66 @@ class LocalFleet:
         return convert
 
 
-def _running_agent_port(layout: HostLayout) -> int:
-    """The port of the agent running at `layout` (attach mode), or why there is none."""
-    status = read_json(layout.status) or {}
-    pid = status.get("pid")
-    try:
-        if not isinstance(pid, int) or status.get("phase") == "stopped":
-            raise ProcessLookupError
-        os.kill(pid, 0)
-    except OSError:
-        raise RuntimeError(f"no agent is running at {layout.root} (agents: attach expects "
-                           "`ship agent --root …` to run there)") from None
-    return int(status["port"])
+def _last_port(layout: HostLayout) -> int:
+    """The port the host's last agent listened on (0: none yet), so that a new agent serves
+    where clients and the heartbeat look."""
+    for doc in (read_json(layout.agent), read_json(layout.status)):
+        if isinstance(doc, dict) and isinstance(doc.get("port"), int):
+            return doc["port"]
+    return 0
+
+
+def _gone(pid: int) -> bool:
+    return process_started(pid) is None
+
+
+def _kill_and_await(pid: int, child: subprocess.Popen[bytes] | None) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    if child is not None:
+        child.wait()
+    _await_gone([pid], START_TIMEOUT_S)
+
+
+def _await_gone(pids: list[int], patience: float) -> list[int]:
+    """Wait until these processes have exited; those still running after `patience`."""
+    deadline = time.monotonic() + patience
+    while (left := [pid for pid in pids if not _gone(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
+def stop_agents(root: Path, patience: float = 60.0,
+                layouts: list[HostLayout] | None = None) -> list[str]:
+    """Stop the hosts of a local fleet at `root`: SIGTERM every agent (each drains its
+    workers), SIGKILL one still running after `patience`, then any worker a killed agent
+    left. The names of the hosts whose agent was running."""
+    if layouts is None:
+        layouts = [HostLayout(d) for d in sorted(Path(root).resolve().glob("host-*"))
+                   if (d / "run").is_dir()]
+    agents = {layout.root.name: record["pid"] for layout in layouts
+              if (record := running_agent(layout.agent))}
+    for pid in agents.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in _await_gone(list(agents.values()), patience):
+        _kill_and_await(pid, None)
+    for layout in layouts:
+        for worker in live_workers(layout):
+            worker.signal(signal.SIGKILL)
+        _await_gone([w.pid for w in live_workers(layout)], patience)
+    return sorted(agents)
+
+
+def fleet_processes(root: Path) -> list[int]:
+    """Every process whose command line names this fleet's root: its agents and workers
+    (Linux's /proc; [] elsewhere)."""
+    needle = str(Path(root).resolve()).encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if needle in (proc / "cmdline").read_bytes() and not _gone(int(proc.name)):
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found

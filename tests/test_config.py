@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from orchestrator import boundedyaml, config
+from shiptypes import ProviderContext
 from tests.conftest import ROOT
 
 VALID = textwrap.dedent("""\
@@ -216,8 +217,12 @@ def test_each_release_slot_gets_a_pre_prod_of_its_own() -> None:
     local = LocalFleetConfig(driver="local", hosts=2, root="/srv/preprod", base_port=9000)
     one = local.for_slot(1)
     assert (one.root, one.base_port) == ("/srv/preprod-1", 9002)  # after slot 0's two ports
-    assert local.for_slot(0) == local
-    assert LocalFleetConfig(driver="local").for_slot(3).root is None  # a fresh folder each
+    assert local.for_slot(0).model_dump() == local.model_dump()
+    default = LocalFleetConfig(driver="local")
+    context = ProviderContext("us", "local", state_dir=Path("state"))
+    roots = [c.default_root(context) for c in (default, default.for_slot(0), default.for_slot(3))]
+    assert roots == [Path("state/fleet/us"), Path("state/fleet/us-preprod-0"),
+                     Path("state/fleet/us-preprod-3")]  # each its own, the same every time
     aws = AwsFleetConfig(driver="aws", tags={"role": "preprod-{slot}", "app": "chat"},
                          slugs={"bucket": "slugs"})
     assert aws.for_slot(0).tags == {"role": "preprod-0", "app": "chat"}

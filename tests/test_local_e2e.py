@@ -107,7 +107,7 @@ def local_world(tmp_path: Path, prefect_api: str) -> Iterator[tuple[Runner, Stor
     try:
         yield Runner(ship), store, urls
     finally:
-        ship.close_providers()
+        ship.close_providers(stop_hosts=True)
 
 
 def test_a_release_that_stops_counting_is_rolled_back_on_real_hosts(local_world) -> None:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import pytest
 
 from orchestrator.tarball import TarballBuildConfig, TarballBuilder
-from rollout.local import LocalFleet, LocalFleetConfig
+from rollout.local import LocalFleet, LocalFleetConfig, fleet_processes
 from shiptypes import FleetStatus, ProviderContext, ReleaseRef, RolloutSettings
 
 APP = Path(__file__).resolve().parents[2] / "examples" / "app"
@@ -54,13 +54,14 @@ def tarball_release(tmp_path: Path, fleet_context: ProviderContext) -> Callable[
 
 @pytest.fixture
 def local_fleet(fleet_context: ProviderContext) -> Iterator[Callable[..., LocalFleet]]:
-    """fleet(hosts, workers, stagger=…, drain_timeout=…, keep_releases=…): started, and
-    closed after the test whatever happens."""
+    """fleet(hosts, workers, stagger=…, drain_timeout=…, keep_releases=…): started on a root
+    of its own, and stopped after the test whatever happens, leaving no process behind."""
     started: list[LocalFleet] = []
 
     def start(hosts: int, workers: int, boot_timeout: float = 10.0, **rollout: Any) -> LocalFleet:
         settings = RolloutSettings(**{"stagger": 0.3, "drain_timeout": 3.0, **rollout})
-        config = LocalFleetConfig(driver="local", hosts=hosts, workers=workers,
+        root = fleet_context.state_dir / f"fleet-{len(started)}"
+        config = LocalFleetConfig(driver="local", hosts=hosts, workers=workers, root=str(root),
                                   boot_timeout=boot_timeout, idle_grace=0.2)
         started.append(LocalFleet(config, settings, fleet_context))
         return started[-1]
@@ -68,3 +69,5 @@ def local_fleet(fleet_context: ProviderContext) -> Iterator[Callable[..., LocalF
     yield start
     for each in started:
         each.close()
+    for each in started:
+        assert fleet_processes(each.root) == [], f"processes left running at {each.root}"
