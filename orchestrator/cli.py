@@ -339,19 +339,29 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _rollback_here(args: argparse.Namespace) -> Any:
-    """Roll back in this process, then settle what a stopped process left. Without a
-    Prefect server, outside Prefect's engine: a temporary API would cost ~10 s first."""
+    """Roll back in this process, then settle what a stopped process left. With a Prefect
+    server (PREFECT_API_URL) as a flow run of it; without one, outside Prefect's engine
+    (orchestrator.moves): a temporary API would cost ~10 s before the fleet is told."""
+    from orchestrator.runtime import Ship, use
+
     loaded, store = _open(args)
     name = _pipeline(loaded, args.pipeline)
+    ship = use(Ship(loaded, store))
 
-    async def rollback_then_reconcile(runner: Any) -> Any:
-        outcome = await runner.rollback(
-            name, _actor(args), args.reason, to_number=args.to, minutes_ago=args.minutes_ago,
-            as_flow=bool(os.environ.get("PREFECT_API_URL")))
-        await _reconciled(runner)
+    async def rollback_then_reconcile() -> Any:
+        if os.environ.get("PREFECT_API_URL"):
+            from orchestrator.flows import rollback_flow as roll_back
+        else:
+            from orchestrator.moves import roll_back
+        outcome = await roll_back(name, actor=_actor(args), reason=args.reason,
+                                  to_number=args.to, minutes_ago=args.minutes_ago)
+        followers = ship.pipeline(name).watches  # the fleet's convergence, followed
+        while followers:
+            await asyncio.gather(*list(followers), return_exceptions=True)
+        await _reconciled(ship)
         return outcome
 
-    return _run(store, loaded, rollback_then_reconcile, reconcile_first=False)
+    return asyncio.run(rollback_then_reconcile())
 
 
 def _rollback_through_serve(args: argparse.Namespace) -> Any:
@@ -473,7 +483,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
 
     async def go() -> Any:
         if reconcile_first:
-            await _reconciled(runner)
+            await _reconciled(runner.ship)
         result = await work(runner)
         if settle:
             for name in runner.ship.running():
@@ -483,11 +493,11 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
     return asyncio.run(go())
 
 
-async def _reconciled(runner: Any) -> None:
+async def _reconciled(ship: Any) -> None:
     """Settle what a stopped ship process left (orchestrator.reconcile), saying what."""
     from orchestrator.reconcile import reconcile
 
-    for o in await reconcile(runner.ship):
+    for o in await reconcile(ship):
         if o.action != "left":
             err.print(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: "
                       f"{o.detail}", highlight=False, markup=False)

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from prefect import flow
 
-from orchestrator import flows, runtime
+from orchestrator import flows, moves, runtime
 from orchestrator import schema as t
 from orchestrator.release import (
     HOLDS_PIPELINE,
@@ -328,7 +328,7 @@ def _decided(store: Store, name: str, release: Release, was: str, action: str,
 async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
     """Carry on with a promotion a lost process left, from what the hosts really run."""
     rt = runtime.current().pipeline(pipeline)
-    flows._remember_flow_run(rt, release_id, "resume-promotion")
+    moves.remember_run(rt, release_id, "resume-promotion")
     release = rt.store.release(release_id)
     state = rt.store.pipeline_state(pipeline)
     previous = state.live
@@ -345,7 +345,7 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
         return await _stop_promotion(rt, release, previous,
                                      f"orchestrator restarted mid-promotion ({told})")
     published_at = release.entered(State.PROMOTING) or rt.clock.now()
-    started = await flows.until_every_host_started(rt, release, previous, published_at)
+    started = await moves.until_every_host_started(rt, release, previous, published_at)
     if started.trouble:
         return (await flows.halt_promotion(rt, release_id, started.trouble)).value
     detail = f"promotion resumed after a restart: {_hosts(started.status)}"
@@ -355,7 +355,7 @@ async def resume_promotion_flow(pipeline: str, release_id: int) -> str:
 async def _stop_promotion(rt: PipelineRuntime, release: Release, previous: Release | None,
                           reason: str) -> str:
     """Send the hosts back to what was live (they keep it), then halt."""
-    await flows._revert(rt, release, previous)
+    await moves.revert(rt, release, previous)
     return _stopped(rt, release, reason)
 
 
@@ -373,14 +373,14 @@ async def resume_rollback_flow(pipeline: str, rollback_id: int) -> flows.Rollbac
     """Complete a rollback a lost process left: publish its target again and lock."""
     rt = runtime.current().pipeline(pipeline)
     rollback = next(r for r in rt.store.rollbacks(pipeline) if r.id == rollback_id)
-    flows._remember_flow_run(rt, rollback.from_id, "resume-rollback", rollback_id)
+    moves.remember_run(rt, rollback.from_id, "resume-rollback", rollback_id)
     if rt.store.pipeline_state(pipeline).lock is None:
         rt.store.take_lock(pipeline, rollback.actor,
-                           flows.lock_reason(rollback.reason, rollback.auto), auto=rollback.auto)
+                           moves.lock_reason(rollback.reason, rollback.auto), auto=rollback.auto)
     live, target = rt.store.release(rollback.from_id), rt.store.release(rollback.to_id)
     rt.notify("rollback", f"completing the rollback {live.name} → {target.name} "
               f"({rollback.actor}) a lost process left", live, level="warning", actor=ACTOR)
-    return await flows._move_fleet_back(rt, rollback.id, live, target, rollback.actor)
+    return await moves.move_fleet_back(rt, rollback.id, live, target, rollback.actor)
 
 
 def _hosts(status: FleetStatus) -> str:

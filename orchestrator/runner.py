@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import flows
-from orchestrator.release import State
+from orchestrator.release import RollbackOutcome, State
 from orchestrator.runtime import PipelineRuntime, Ship
 from orchestrator.slugs import Builder
 from orchestrator.store import Lock, Release
@@ -193,18 +193,14 @@ class Runner:
             await asyncio.gather(*list(rt.watches), return_exceptions=True)
 
     async def rollback(self, pipeline: str, actor: str, reason: str,
-                       to_number: int | None = None, minutes_ago: float | None = None,
-                       as_flow: bool = True) -> flows.RollbackOutcome:
-        """A rollback by hand. `as_flow=False` takes the same steps outside Prefect's
-        engine: a one-off CLI with no Prefect API would otherwise wait ~10 s for a temporary
-        one before telling the fleet; the store's rollback and events are its record."""
-        rollback = flows.rollback_flow if as_flow else flows.rollback_flow.fn
-        return await rollback(pipeline, actor=actor, reason=reason, auto=False,
-                              to_number=to_number, minutes_ago=minutes_ago)
+                       to_number: int | None = None,
+                       minutes_ago: float | None = None) -> RollbackOutcome:
+        return await flows.rollback_flow(pipeline, actor=actor, reason=reason, auto=False,
+                                         to_number=to_number, minutes_ago=minutes_ago)
 
     async def start_rollback(self, pipeline: str, actor: str, reason: str,
                              to_number: int | None = None,
-                             minutes_ago: float | None = None) -> flows.RollbackOutcome:
+                             minutes_ago: float | None = None) -> RollbackOutcome:
         """Roll back in a task of its own and wait for it: whoever asked may stop waiting
         (a closed connection), the rollback goes on, and settle_rollbacks() waits for it."""
         work = asyncio.ensure_future(self.rollback(pipeline, actor, reason, to_number,

@@ -12,6 +12,7 @@ from uuid import UUID
 
 import pytest
 
+from orchestrator import moves
 from orchestrator.reconcile import audit, overdue, page_overdue, reconcile
 from orchestrator.release import State
 from orchestrator.runner import Runner
@@ -278,9 +279,7 @@ def test_a_driver_whose_flow_run_ended_is_gone_even_if_its_process_runs(
 
     @flow(name="gives-up")
     def gives_up() -> None:
-        from orchestrator import flows
-
-        flows._remember_flow_run(runner.ship.pipeline("us"), left.id)  # then ends early
+        moves.remember_run(runner.ship.pipeline("us"), left.id)  # then ends early
 
     gives_up()
     [outcome] = settled(restart(runner, [recorder]))
