@@ -377,10 +377,75 @@ def hostile_http_rows(prefect_api: str) -> list[Row]:
 # --- the table ------------------------------------------------------------------------------
 
 
+# --- processes killed, a person rolling back, hostile config ---------------------------------
+
+
+def temporary_api_kill_row() -> Row:
+    """`ship deploy` SIGKILLed while Prefect's temporary API serves it."""
+    import os
+    import signal
+    import subprocess
+
+    from tests.conftest import ROOT, SIM_PIPELINES
+    from tests.faults.test_temporary_api import alive, temporary_api_of
+    from tests.serve.conftest import wait_for
+
+    with scratch() as workdir:
+        (workdir / "pipelines.yaml").write_text(SIM_PIPELINES.replace(
+            "build: {type: sim}", "build: {type: sim, duration: 1h}"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        env |= {"SHIP_DATABASE_URL": f"sqlite:///{workdir}/ship.db", "PYTHONPATH": str(ROOT)}
+        ship = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "deploy", "us"],
+                                cwd=workdir, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        api = wait_for(lambda: temporary_api_of(ship.pid), "the temporary API", 180)
+        ship.send_signal(signal.SIGKILL)
+        ship.wait()
+        killed = time.monotonic()
+        try:
+            wait_for(lambda: not alive(api), "the temporary API to stop", 60)
+        except AssertionError:
+            return ("ship deploy SIGKILLed while Prefect's temporary API serves it",
+                    "the API kept running", [f"Prefect's temporary API (pid {api}) left behind"])
+        return ("ship deploy SIGKILLed while Prefect's temporary API serves it",
+                f"the API (its child) stopped {time.monotonic() - killed:.1f} s later", [])
+
+
+def rollback_rows() -> list[Row]:
+    """A person's rollback with no ship serve (and no Prefect server), and through one."""
+    from rollback_speed import measure
+
+    rows = []
+    for serve, target in ((False, 2.0), (True, 0.5)):
+        told, whole = measure(1, serve)[0]
+        where = "through a running ship serve" if serve else "with no ship serve running"
+        problems = [] if told <= target else [f"over the {target} s target"]
+        rows.append((f"ship rollback {where}, real local fleet",
+                     f"every host told {told:.2f} s after the command started (target ≤ "
+                     f"{target} s); the command ended at {whole:.2f} s", problems))
+    return rows
+
+
+def hostile_config_rows() -> list[Row]:
+    from config_hostile import hostile_files, validate
+
+    rows = []
+    with scratch() as workdir:
+        for case, path in hostile_files(workdir).items():
+            seconds, peak_mb, code, output = validate(path)
+            expected = 0 if case == "valid" else 2
+            problems = [] if code == expected and "Traceback" not in output else [
+                f"exit {code}: {short(output)}"]
+            said_ = short(output.strip().splitlines()[0] if output.strip() else "")
+            rows.append((f"ship validate: {case}", f"exit {code} in {seconds:.2f} s, peak "
+                         f"{peak_mb:.0f} MB: {said_}", problems))
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="vendors,kills,store,http",
-                        help="comma-separated: vendors, kills, store, http")
+    parser.add_argument("--only", default="vendors,kills,store,http,processes",
+                        help="comma-separated: vendors, kills, store, http, processes")
     parts = set(parser.parse_args().only.split(","))
     # The clients log every fault they meet; the table says what came of them.
     for noisy in ("slack_sdk", "prefect"):
@@ -402,6 +467,8 @@ def main() -> int:
             rows.append(host_kill_row(prefect_api))
         if "http" in parts:
             rows += hostile_http_rows(prefect_api)
+    if "processes" in parts:
+        rows += [temporary_api_kill_row(), *rollback_rows(), *hostile_config_rows()]
     if "store" in parts:
         rows += store_rows()
     table = Table(title="Faults injected into ship", title_justify="left", show_lines=True)
