@@ -17,7 +17,12 @@ from shiptypes import ProviderConfig, ProviderContext, ReleaseNumber, ReleaseRef
 
 
 class BuildFailed(Exception):
-    pass
+    """The release's slug could not be built: a one-line reason, and the last lines of the
+    build's log when there is one."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.log_tail = log_tail
 
 
 class Builder(Protocol):
@@ -50,9 +55,13 @@ class SimBuilder:
         return Slug(id=f"sha256-{digest[:16]}", uri=f"sim://slugs/{digest}", size=len(content))
 
 
+# Below BuildFailed, which the git build raises.
+from orchestrator.gitbuild import GitBuildConfig, GitBuilder  # noqa: E402
+
 # To add a builder, write its module (config model with a `type` literal, a class taking
 # `(config, context)`) and add one line here.
 BUILDERS: dict[type, type] = {
     SimBuildConfig: SimBuilder,
     TarballBuildConfig: TarballBuilder,
+    GitBuildConfig: GitBuilder,
 }
