@@ -146,6 +146,15 @@ class Slug:
     build: Mapping[str, Any] | None = field(default=None, compare=False)
 
 
+class BuildFailed(Exception):
+    """The release's slug could not be built: a one-line reason, and the last lines of the
+    build's log when there is one."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.log_tail = log_tail
+
+
 @dataclass(frozen=True)
 class ReleaseRef:
     """What the plug points see of a release: enough to build, gate, ship and watch it."""

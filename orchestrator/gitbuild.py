@@ -47,10 +47,9 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, field_validator
 
-from orchestrator.slugs import BuildFailed
 from orchestrator.slugstore import LocalStoreConfig, SlugConflict, StoreConfig, open_store
 from orchestrator.tarball import pack
-from shiptypes import ProviderConfig, ProviderContext, ReleaseRef, Seconds, Slug
+from shiptypes import BuildFailed, ProviderConfig, ProviderContext, ReleaseRef, Seconds, Slug
 
 SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 TAIL_BYTES = 64 * 1024

@@ -12,17 +12,19 @@ from typing import Literal, Protocol
 from pydantic import Field
 
 from gates.sim import spread
+from orchestrator.gitbuild import GitBuildConfig, GitBuilder
 from orchestrator.tarball import TarballBuildConfig, TarballBuilder
-from shiptypes import ProviderConfig, ProviderContext, ReleaseNumber, ReleaseRef, Seconds, Slug
+from shiptypes import (
+    BuildFailed,
+    ProviderConfig,
+    ProviderContext,
+    ReleaseNumber,
+    ReleaseRef,
+    Seconds,
+    Slug,
+)
 
-
-class BuildFailed(Exception):
-    """The release's slug could not be built: a one-line reason, and the last lines of the
-    build's log when there is one."""
-
-    def __init__(self, reason: str, log_tail: str = "") -> None:
-        super().__init__(reason)
-        self.log_tail = log_tail
+__all__ = ["BUILDERS", "BuildFailed", "Builder"]
 
 
 class Builder(Protocol):
@@ -54,9 +56,6 @@ class SimBuilder:
         digest = hashlib.sha256(content).hexdigest()
         return Slug(id=f"sha256-{digest[:16]}", uri=f"sim://slugs/{digest}", size=len(content))
 
-
-# Below BuildFailed, which the git build raises.
-from orchestrator.gitbuild import GitBuildConfig, GitBuilder  # noqa: E402
 
 # To add a builder, write its module (config model with a `type` literal, a class taking
 # `(config, context)`) and add one line here.
