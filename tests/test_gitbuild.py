@@ -18,10 +18,12 @@ import boto3
 import pytest
 from moto import mock_aws
 
+from orchestrator import config
 from orchestrator.gitbuild import GitBuildConfig, GitBuilder
 from orchestrator.slugs import BuildFailed
 from orchestrator.slugstore import LocalSlugStore
 from shiptypes import ProviderContext, ReleaseRef, Slug
+from tests.conftest import SIM_PIPELINES
 from tests.gitrepo import Repo, https_repo
 
 TOKEN = "ghp_not-a-real-token-0123456789abcdef"
@@ -202,3 +204,32 @@ def test_the_slug_and_its_build_go_to_s3(tmp_path: Path, repo: Repo) -> None:
     assert slug.uri.startswith("s3://slugs/chat/") and again.build["cached"]
     assert len(listed) == 2 and listed[1].startswith("chat/builds/")
     assert json.loads(files["release.json"])["sha"] == sha
+
+
+# --- ship validate ------------------------------------------------------------------------
+
+
+def pipelines_with(build: str) -> str:
+    return SIM_PIPELINES.replace("  build: {type: sim}\n", f"  build: {build}\n")
+
+
+def test_validate_refuses_a_repository_path_that_does_not_exist(tmp_path: Path) -> None:
+    text = pipelines_with(f"{{type: git, repo: {tmp_path / 'gone'}, command: make}}")
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse(text)
+    line = text.splitlines().index(next(x for x in text.splitlines() if "type: git" in x)) + 1
+    assert str(raised.value.problems[0]) == (
+        f"pipelines.yaml:{line}: pipelines.us.build.repo: repository "
+        f"'{tmp_path / 'gone'}' does not exist (or is not a directory)")
+
+
+def test_validate_refuses_an_https_repo_other_than_the_pipelines(tmp_path: Path) -> None:
+    text = pipelines_with("{type: git, repo: 'https://github.com/example/billing.git'}")
+    with pytest.raises(config.ConfigError) as raised:
+        config.parse(text)
+    assert "is not the pipeline's repo 'example/chat'" in str(raised.value)
+    assert str(raised.value.problems[0]).startswith("pipelines.yaml:")
+    ok = pipelines_with("{type: git, repo: 'https://github.com/Example/chat.git'}")
+    assert config.parse(ok).pipeline("us").build.repo.endswith("chat.git")
+    with pytest.raises(config.ConfigError, match="credentials never go in the URL"):
+        config.parse(pipelines_with("{type: git, repo: 'https://x:y@github.com/example/chat'}"))
