@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Protocol, runtime_checkable
+from typing import Annotated, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -137,11 +137,22 @@ class Commit:
 
 @dataclass(frozen=True)
 class Slug:
-    """An immutable, content-addressed release artifact: `id` is derived from its bytes."""
+    """An immutable, content-addressed release artifact: `id` is derived from its bytes.
+    `build` is what a builder says of how it was made (sha, command, duration, log, cached)."""
 
     id: str
     uri: str
     size: int = 0
+    build: Mapping[str, Any] | None = field(default=None, compare=False)
+
+
+class BuildFailed(Exception):
+    """The release's slug could not be built: a one-line reason, and the last lines of the
+    build's log when there is one."""
+
+    def __init__(self, reason: str, log_tail: str = "") -> None:
+        super().__init__(reason)
+        self.log_tail = log_tail
 
 
 @dataclass(frozen=True)

@@ -192,6 +192,16 @@ class Pipeline(ProviderConfig):
         return self
 
     @model_validator(mode="after")
+    def _build_of_repo(self) -> Pipeline:
+        """Webhooks name `repo.name`: a build from another repository would ship the wrong
+        code for every push (builds that know their repository say so: `check_repo`)."""
+        check = getattr(self.build, "check_repo", None)
+        misfit = check(self.repo.name) if callable(check) else None
+        if misfit:
+            raise Misfit(misfit, ("build", "repo"))
+        return self
+
+    @model_validator(mode="after")
     def _preprod_per_release(self) -> Pipeline:
         url = self.preprod.url
         if self.train.in_flight == 1:

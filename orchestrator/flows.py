@@ -55,7 +55,7 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None,
     try:
         await build_task(rt.name, release_id)
     except BuildFailed as error:
-        return _fail(rt, release_id, str(error))
+        return _fail(rt, release_id, str(error), error.log_tail)
     if superseded := _superseded(rt, release_id):
         return superseded
     _stage(rt, release_id, State.PREPROD)
@@ -111,11 +111,17 @@ def _stage(rt: PipelineRuntime, release_id: int, state: State) -> Release:
     return release
 
 
-def _fail(rt: PipelineRuntime, release_id: int, reason: str) -> State:
+def _fail(rt: PipelineRuntime, release_id: int, reason: str, log_tail: str = "") -> State:
+    """Fail the release with a one-line reason; a build's log tail goes with it to the
+    events (the web UI shows it) and to the notifiers."""
     release = rt.store.release(release_id)
     if State.FAILED in TRANSITIONS[release.state]:
         release = rt.store.move(release_id, State.FAILED, reason=reason)
-        rt.notify("halted", f"{release.name} failed: {reason}", release, level="warning")
+        if log_tail:
+            rt.store.event(rt.name, "build_log", f"{release.name} build log, last lines",
+                           release_id=release_id, data={"log_tail": log_tail})
+        rt.notify("halted", f"{release.name} failed: {reason}", release, level="warning",
+                  details={"log_tail": log_tail} if log_tail else {})
     return State.FAILED
 
 
@@ -178,8 +184,13 @@ async def build_task(pipeline: str, release_id: int) -> str:
     release = rt.store.release(release_id)
     slug = await asyncio.to_thread(rt.builder.build, release.ref())
     rt.store.set_slug(release_id, slug)
+    facts = dict(slug.build or {})
+    if facts.get("cached"):
+        rt.store.event(pipeline, "slug_cached", f"{release.name} reuses slug {slug.id}: "
+                       f"{release.sha[:12]} was built with this command before",
+                       release_id=release_id, data={"slug": slug.id, **facts})
     rt.store.event(pipeline, "slug", f"{release.name} slug {slug.id} ({slug.size:,} bytes)",
-                   release_id=release_id, data={"slug": slug.id, "uri": slug.uri})
+                   release_id=release_id, data={"slug": slug.id, "uri": slug.uri, **facts})
     return slug.id
 
 

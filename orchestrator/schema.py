@@ -62,6 +62,8 @@ releases = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     # Which pre-prod the release uses, of the pipeline's `train.in_flight` (migration 0003).
     sa.Column("preprod_slot", sa.Integer, nullable=False, server_default="0"),
+    # How the slug was built: sha, command, duration_s, log, cached (migration 0004).
+    sa.Column("build", sa.JSON),
     sa.UniqueConstraint("pipeline", "number", name="uq_release_number"),
 )
 

@@ -12,12 +12,19 @@ from typing import Literal, Protocol
 from pydantic import Field
 
 from gates.sim import spread
+from orchestrator.gitbuild import GitBuildConfig, GitBuilder
 from orchestrator.tarball import TarballBuildConfig, TarballBuilder
-from shiptypes import ProviderConfig, ProviderContext, ReleaseNumber, ReleaseRef, Seconds, Slug
+from shiptypes import (
+    BuildFailed,
+    ProviderConfig,
+    ProviderContext,
+    ReleaseNumber,
+    ReleaseRef,
+    Seconds,
+    Slug,
+)
 
-
-class BuildFailed(Exception):
-    pass
+__all__ = ["BUILDERS", "BuildFailed", "Builder"]
 
 
 class Builder(Protocol):
@@ -55,4 +62,5 @@ class SimBuilder:
 BUILDERS: dict[type, type] = {
     SimBuildConfig: SimBuilder,
     TarballBuildConfig: TarballBuilder,
+    GitBuildConfig: GitBuilder,
 }

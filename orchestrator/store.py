@@ -482,7 +482,8 @@ class Store:
     def set_slug(self, release_id: int, slug: Slug) -> None:
         with self._tx() as conn:
             conn.execute(t.releases.update().where(t.releases.c.id == release_id)
-                         .values(slug_id=slug.id, slug_uri=slug.uri))
+                         .values(slug_id=slug.id, slug_uri=slug.uri,
+                                 build=dict(slug.build) if slug.build else None))
 
     def set_flow_run(self, release_id: int, flow_run_id: str) -> None:
         with self._tx() as conn:
@@ -1005,7 +1006,7 @@ def _to_release(row: Any) -> Release:
     commits = tuple(Commit(c["sha"], c.get("author", ""), c.get("message", ""),
                            datetime.fromisoformat(c["merged_at"]) if c.get("merged_at") else None)
                     for c in row.commits)
-    slug = Slug(row.slug_id, row.slug_uri or "") if row.slug_id else None
+    slug = Slug(row.slug_id, row.slug_uri or "", build=row.build) if row.slug_id else None
     times = {k: datetime.fromisoformat(v) for k, v in (row.stage_times or {}).items()}
     return Release(row.id, row.pipeline, row.number, State(row.state), row.sha, commits, slug,
                    times, row.reason, row.halted_by, row.created_at, row.preprod_slot)

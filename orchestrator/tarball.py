@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from orchestrator.slugstore import LocalSlugStore
 from shiptypes import ProviderConfig, ProviderContext, ReleaseRef, Slug
 
 SKIPPED = frozenset({"__pycache__", ".DS_Store", ".pytest_cache"})
@@ -47,24 +48,14 @@ class TarballBuilder:
             raise FileNotFoundError(f"slug source {self.source} is not a directory")
         data = pack(self.source, self._release_json(release))
         digest = hashlib.sha256(data).hexdigest()
-        path = self._stored(data, digest)
-        return Slug(id=f"sha256-{digest[:16]}", uri=path.resolve().as_uri(), size=len(data))
+        uri = LocalSlugStore(self.store).put(f"{digest}.tar.gz", data)
+        return Slug(id=f"sha256-{digest[:16]}", uri=uri, size=len(data))
 
     def _release_json(self, release: ReleaseRef) -> bytes:
         doc = {"release": release.name, "pipeline": release.pipeline, "number": release.number,
                "sha": release.sha, **self.config.release_json,
                **self.config.release_json_by_number.get(release.number, {})}
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-
-    def _stored(self, data: bytes, digest: str) -> Path:
-        """Identical content is stored once; a half-written file is never visible."""
-        path = self.store / f"{digest}.tar.gz"
-        if not path.exists():
-            self.store.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporary.write_bytes(data)
-            os.replace(temporary, path)
-        return path
 
 
 def pack(source: Path, release_json: bytes) -> bytes:

@@ -180,13 +180,17 @@ class AwsFleet:
         self.rollout = rollout
         self.region = config.region or context.region
         self._clock = context.clock
-        session = _session(config, self.region, context.env)
+        session = aws_session(config.profile, self.region, context.env)
         tuned = Config(retries={"mode": "standard", "max_attempts": 8},
                        max_pool_connections=config.api_concurrency + 2)
         self.ec2, self.s3, self.ssm = (
             session.client(name, endpoint_url=config.endpoint_url, config=tuned)
             for name in ("ec2", "s3", "ssm"))
-        self._stored: set[str] = set()  # slug keys known to be in the bucket
+        # Imported here: hosts run this module without the orchestrator's package set-up.
+        from orchestrator.slugstore import S3SlugStore
+
+        self._slugs = S3SlugStore(self.s3, config.slugs.bucket, config.slugs.prefix)
+        self._stored: set[str] = set()  # slug names known to be in the bucket
         self._hosts_seen: int | None = None
         fleet_key = hashlib.sha256(json.dumps(config.tags, sort_keys=True).encode()).hexdigest()
         self._state_file = context.state_dir / f"aws-fleet-{context.pipeline}-{fleet_key[:8]}.json"
@@ -227,14 +231,12 @@ class AwsFleet:
         if slug.uri.startswith("s3://"):
             return slug.uri
         source = _local_path(slug.uri)
-        bucket = self.config.slugs.bucket
-        key = f"{self.config.slugs.prefix}{slug.id}{_archive_suffix(source.name)}"
-        if key not in self._stored and not self._exists(bucket, key):
-            self.s3.upload_file(str(source), bucket, key,
-                                ExtraArgs={"Metadata": {"slug-id": slug.id}})
-            log.info("uploaded slug %s to s3://%s/%s", slug.id, bucket, key)
-        self._stored.add(key)
-        return f"s3://{bucket}/{key}"
+        name = f"{slug.id}{_archive_suffix(source.name)}"
+        if name not in self._stored and self._slugs.find(name) is None:
+            self._slugs.put_file(name, source, metadata={"slug-id": slug.id})
+            log.info("uploaded slug %s to %s", slug.id, self._slugs.uri(name))
+        self._stored.add(name)
+        return self._slugs.uri(name)
 
     def script(self, release: ReleaseRef, slug: Slug, slug_uri: str) -> str:
         """The shell command every host runs: the agent's deploy, wrapped by the target
@@ -260,15 +262,6 @@ class AwsFleet:
         for arn in elb.target_groups:
             args += ["--target-group", arn]
         return " ".join([elb.command, *map(shlex.quote, args), "--run", shlex.quote(deploy)])
-
-    def _exists(self, bucket: str, key: str) -> bool:
-        try:
-            self.s3.head_object(Bucket=bucket, Key=key)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
-        return True
 
     def _send(self, run: _Run, instances: list[str], script: str, comment: str) -> None:
         """One SendCommand; an invalid instance (no SSM agent) fails only itself."""
@@ -438,7 +431,7 @@ def _models() -> Loader:
     return create_loader()
 
 
-def _session(config: AwsFleetConfig, region: str, env: Mapping[str, str]) -> boto3.Session:
+def aws_session(profile: str | None, region: str, env: Mapping[str, str]) -> boto3.Session:
     """The credential chain; keys only ever from the pipeline's environment."""
     core = botocore.session.get_session()
     core.register_component("data_loader", _models())
@@ -447,7 +440,7 @@ def _session(config: AwsFleetConfig, region: str, env: Mapping[str, str]) -> bot
         aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=env.get("AWS_SESSION_TOKEN"),
-        profile_name=config.profile or env.get("AWS_PROFILE"),
+        profile_name=profile or env.get("AWS_PROFILE"),
         region_name=region,
     )
 

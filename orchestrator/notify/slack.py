@@ -185,6 +185,8 @@ def message(release: Release, gates: list[GateResult], lock: Lock | None, live: 
             f"{escape(notice.text)}")
     blocks: list[dict[str, Any]] = [_section(head), _section(commits_text(release, users))]
     blocks.append(_context(timeline(release)))
+    if notice.details.get("log_tail"):
+        blocks.append(_section(log_text(notice.details["log_tail"])))
     if gates:
         blocks.append(_section(gates_text(gates)))
     if notice.links:
@@ -218,6 +220,13 @@ def timeline(release: Release) -> str:
     return " → ".join(f"{state} {when:%H:%M:%S}" + (f" (+{_duration(when - start)})"
                                                     if when != start else "")
                       for state, when in stages) + " UTC"
+
+
+def log_text(log_tail: str) -> str:
+    """The last lines of a build's log as a code block (a section holds 3,000 characters;
+    a ``` inside the log would end the block early)."""
+    body = escape(log_tail.replace("```", "ˋˋˋ"))[-2900:]
+    return f"*build log, last lines*\n```{body}```"
 
 
 def gates_text(gates: list[GateResult]) -> str:

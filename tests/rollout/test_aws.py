@@ -154,7 +154,9 @@ def test_a_slug_is_uploaded_once_per_digest(aws, tmp_path: Path) -> None:
     make_fleet(tmp_path).publish(release(1, slug))
     key = f"slugs/{slug.id}.tar.gz"
     s3 = client("s3")
-    assert s3.head_object(Bucket="slugs", Key=key)["Metadata"] == {"slug-id": slug.id}
+    stored = hashlib.sha256(Path(slug.uri.removeprefix("file://")).read_bytes()).hexdigest()
+    assert s3.head_object(Bucket="slugs", Key=key)["Metadata"] == {"slug-id": slug.id,
+                                                                    "sha256": stored}
     s3.put_object(Bucket="slugs", Key=key, Body=b"already there")
 
     # A fresh driver (no memory of the upload) finds the digest in the bucket.
