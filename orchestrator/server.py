@@ -292,7 +292,10 @@ def _on_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
 
 async def warm_prefect(app: FastAPI, say: Callable[[str], None]) -> None:
     """Reach Prefect's API now, starting the temporary one if no PREFECT_API_URL is set
-    (~10 s), so the first rollback asked of this server does not wait for it."""
+    (~10 s), and run one flow: a process's first flow run costs ~1 s more than the next
+    (the engine's imports and set-up), and the first flow asked of a server may be a
+    person's rollback."""
+    from prefect import flow
     from prefect.client.orchestration import get_client
 
     def reach() -> Exception | None:
@@ -301,8 +304,14 @@ async def warm_prefect(app: FastAPI, say: Callable[[str], None]) -> None:
         with get_client(sync_client=True) as client:
             return client.api_healthcheck()
 
+    @flow(name="serve-started", persist_result=False, validate_parameters=False)
+    async def serve_started(pipelines: list[str]) -> int:
+        return len(pipelines)
+
     try:
         failure = await asyncio.to_thread(reach)
+        if failure is None:
+            await serve_started(list(app.state.ship.config.pipelines))
     except Exception as error:
         failure = error
     app.state.prefect = "ready" if failure is None else "unreachable"
