@@ -59,9 +59,10 @@ log = logging.getLogger("ship.rollout.aws")
 
 SEND_LIMIT = 50  # instance ids per SendCommand call
 DEFAULT_COMMAND = ("ship agent deploy --release {release} --number {number} --sha {sha} "
-                   "--slug {slug} --slug-id {slug_id} --stagger {stagger}")
+                   "--slug {slug} --slug-id {slug_id} --stagger {stagger} --app {app}")
 COMMAND_FIELDS = frozenset({"release", "number", "pipeline", "sha", "short_sha", "slug",
-                            "slug_uri", "slug_id", "stagger", "drain_timeout", "keep_releases"})
+                            "slug_uri", "slug_id", "stagger", "drain_timeout", "keep_releases",
+                            "app"})
 WAITING = frozenset({"Pending", "Delayed"})
 RUNNING = frozenset({"InProgress"})
 FAILED = frozenset({"Failed", "Cancelled", "Cancelling", "TimedOut"})
@@ -247,6 +248,8 @@ class AwsFleet:
             "stagger": 0 if elb else self.rollout.stagger,
             "drain_timeout": self.rollout.drain_timeout,
             "keep_releases": self.rollout.keep_releases,
+            # The pipeline's `app:` as JSON ('' without one: the example app's protocol).
+            "app": json.dumps(self.rollout.app) if self.rollout.app else "",
         }
         deploy = self.config.command.format(**{k: shlex.quote(_text(v)) for k, v in values.items()})
         if elb is None:

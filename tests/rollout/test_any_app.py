@@ -121,3 +121,28 @@ def test_an_app_slow_to_boot_has_no_gap_on_a_host_of_one_instance(
     output = (fleet.hosts[0].layout.worker_log).read_text()
     events = re.findall(r"ready test#2|Handling signal: term", output)
     assert events[:2] == ["ready test#2", "Handling signal: term"], events
+
+
+def test_a_restarted_agent_adopts_app_instances_and_rolls_them(
+        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef]) -> None:
+    fleet = local_fleet(hosts=1, workers=2, app=gunicorn(2))
+    old, new = release("flask", 1), release("flask", 2)
+    fleet.publish(old)
+    wait_done(fleet)
+    instances = {w["pid"] for w in fleet.statuses()[0]["workers"]}
+
+    with Load(fleet.host_urls, clients=4, rate=20.0) as load:
+        fleet.kill_host(0)
+        fleet.start_host(0)  # takes the shared socket from an instance, adopts both
+        adopted = {w["pid"] for w in fleet.statuses()[0]["workers"]}
+        fleet.publish(new)
+        wait_done(fleet, timeout=60.0)
+        converged = time.monotonic()
+        wait_for(lambda: len(load.between(converged)) > 20, "load after the restart")
+
+    assert adopted == instances
+    assert load.failures() == []
+    assert {o.release for o in load.between(converged)} == {new.name}
+    status = fleet.statuses()[0]
+    assert status["drains"]["killed"] == 0  # adopted: no exit code to read, but not killed
+    assert not {w["pid"] for w in status["workers"]} & instances
