@@ -59,7 +59,7 @@ log = logging.getLogger("ship.rollout.aws")
 
 SEND_LIMIT = 50  # instance ids per SendCommand call
 DEFAULT_COMMAND = ("ship agent deploy --release {release} --number {number} --sha {sha} "
-                   "--slug {slug} --slug-id {slug_id} --stagger {stagger} --app {app}")
+                   "--slug {slug} --slug-id {slug_id} --stagger {stagger}")
 COMMAND_FIELDS = frozenset({"release", "number", "pipeline", "sha", "short_sha", "slug",
                             "slug_uri", "slug_id", "stagger", "drain_timeout", "keep_releases",
                             "app"})
@@ -252,6 +252,8 @@ class AwsFleet:
             "app": json.dumps(self.rollout.app) if self.rollout.app else "",
         }
         deploy = self.config.command.format(**{k: shlex.quote(_text(v)) for k, v in values.items()})
+        if values["app"] and "{app}" not in self.config.command:
+            deploy += f" --app {shlex.quote(values['app'])}"  # the agent's deploy takes it
         if elb is None:
             return deploy
         args = ["elb-cycle", "--region", self.region, "--stagger", _text(self.rollout.stagger),
