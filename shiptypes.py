@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 
 
 def utcnow() -> datetime:
@@ -220,6 +220,19 @@ class RolloutSettings(ProviderConfig):
     max_failed_share: float = Field(
         0.05, ge=0, le=1, description="halt and revert when more hosts than this share fail"
     )
+    # The pipeline's `app:` as the host agent takes it (rollout.agent.AppSpec), set by the
+    # pipeline, never from `rollout:`. None: hosts run the example app's own protocol.
+    _app: dict[str, Any] | None = PrivateAttr(None)
+
+    @property
+    def app(self) -> dict[str, Any] | None:
+        return self._app
+
+    def running(self, app: dict[str, Any] | None) -> RolloutSettings:
+        """These settings, for a fleet that runs `app`."""
+        copy = self.model_copy()
+        copy._app = app
+        return copy
 
 
 @dataclass(frozen=True)

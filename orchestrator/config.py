@@ -8,6 +8,7 @@ reported all at once, each with the file, the line and the field path.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,6 +170,66 @@ class Notify(ProviderConfig):
                                            description="title → URL template")
 
 
+class AppHealth(ProviderConfig):
+    path: str = Field("/healthz", pattern=r"^/[!-~]*$", max_length=1024,
+                      description="GET this answers 200 once an instance may take traffic")
+    timeout: Seconds = Field(30.0, gt=0, description="an instance not healthy by then fails "
+                             "its host (the old one keeps serving)")
+    port: Literal["private", "shared"] = Field("private", description=(
+        "private: the instance's own port ({port}, or fd 4 when the command has no {port}); "
+        "shared: the host's port, for servers that serve one socket only (uvicorn --fd 3): "
+        "any instance may answer, so it cannot tell when the new one is up"))
+
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+AGENT_ENV = frozenset({"LISTEN_FDS", "LISTEN_PID", "PORT", "SHIP_RELEASE", "SHIP_SHA"})
+
+
+class AppConfig(ProviderConfig):
+    """An unmodified app the hosts run (without `app:`, the example app's own protocol).
+    The command gets the host's shared listening socket as systemd passes one (fd 3,
+    LISTEN_FDS, LISTEN_PID): gunicorn reads it as is, uvicorn takes `--fd 3`, Node
+    `server.listen({fd: 3})`. It is split into words as a shell would (quotes honoured;
+    nothing expanded, no pipes) and run in the unpacked slug."""
+
+    command: str = Field(min_length=1, max_length=4096, description=(
+        "e.g. `gunicorn -w 3 app:app`; {port} is the instance's private port (also $PORT), "
+        "which the app then binds itself; without it the agent passes that port bound, as "
+        "fd 4 (LISTEN_FDS=2)"))
+    health: AppHealth = AppHealth()
+    env: dict[str, str] = Field(default_factory=dict, description=(
+        "environment of every instance, beside SHIP_RELEASE, SHIP_SHA and PORT"))
+
+    @field_validator("command")
+    @classmethod
+    def _words(cls, command: str) -> str:
+        check_placeholders(command, frozenset({"port"}))
+        try:
+            words = shlex.split(command)
+        except ValueError as error:
+            raise ValueError(f"cannot split the command into words: {error}") from None
+        if not words:
+            raise ValueError("the command is empty")
+        return command
+
+    @field_validator("env")
+    @classmethod
+    def _names(cls, env: dict[str, str]) -> dict[str, str]:
+        for name, value in env.items():
+            if not ENV_NAME.fullmatch(name) or name in AGENT_ENV:
+                raise ValueError(f"{name!r} is not an environment variable the app may be "
+                                 f"given (letters, digits, _; not {', '.join(sorted(AGENT_ENV))})")
+            if "\0" in value:
+                raise ValueError(f"{name}: a value cannot hold a NUL character")
+        return env
+
+    def agent_spec(self) -> dict[str, Any]:
+        """What the host agent takes (rollout.agent.AppSpec), in desired.json."""
+        return {"command": self.command, "env": dict(self.env),
+                "health": {"path": self.health.path, "timeout": self.health.timeout,
+                           "port": self.health.port}}
+
+
 class Pipeline(ProviderConfig):
     name: str = ""
     region: str = Field(min_length=1)
@@ -178,6 +239,7 @@ class Pipeline(ProviderConfig):
     preprod: Preprod
     gates: list[GateConfig] = Field(default_factory=list)
     fleet: FleetConfig
+    app: AppConfig | None = Field(None, description="the app the hosts run")
     rollout: RolloutSettings = RolloutSettings()
     heartbeat: Heartbeat
     rollback: Rollback = Rollback()
@@ -229,6 +291,11 @@ class Pipeline(ProviderConfig):
                      f"({watch:g}s): a host may restart up to a stagger after the watch "
                      "begins, so it could restart after the watch has ended and serve the "
                      "release unwatched", at)
+
+    @property
+    def fleet_rollout(self) -> RolloutSettings:
+        """The rollout settings a fleet driver takes, carrying the app its hosts run."""
+        return self.rollout.running(self.app.agent_spec() if self.app else None)
 
     def preprod_url(self, slot: int) -> str | None:
         url = self.preprod.url

@@ -176,7 +176,7 @@ class Ship:
             gates=[make(GATES, g) for g in pipeline.gates],  # type: ignore[misc]
             preprod=self._preprod(pipeline, make, 0),
             preprod_maker=lambda slot: self._preprod(pipeline, make, slot),
-            fleet=make(DRIVERS, pipeline.fleet, pipeline.rollout),  # type: ignore[arg-type]
+            fleet=make(DRIVERS, pipeline.fleet, pipeline.fleet_rollout),  # type: ignore[arg-type]
             source=make(SOURCES, pipeline.heartbeat.source),  # type: ignore[arg-type]
             broadcast=Broadcast(notifiers, self.store),
             poll_s=min(5.0, pipeline.heartbeat.window),
@@ -194,7 +194,7 @@ class Ship:
         fleet = pipeline.preprod.fleet.for_slot(slot)
         # Pre-prod is a host or two: staggering it would only make every release wait.
         return make(DRIVERS, fleet,  # type: ignore[return-value]
-                    pipeline.rollout.model_copy(update={"stagger": 0.0}))
+                    pipeline.fleet_rollout.model_copy(update={"stagger": 0.0}))
 
     def _configured(self, pipeline: Pipeline, context: ProviderContext) -> list[Notifier]:
         """The notifiers pipelines.yaml asks for. Those that talk to a vendor send from a

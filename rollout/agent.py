@@ -52,9 +52,11 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tarfile
@@ -67,6 +69,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import url2pathname
 
+INSTANCE = Path(__file__).resolve().with_name("instance.py")
 POLL_S = 0.05
 HEALTH_EVERY_S = 1.0
 KILL_MARGIN_S = 2.0  # past the drain timeout, a worker that has not exited is killed
@@ -120,6 +123,8 @@ class Desired:
     slug_uri: str
     published_at: str
     stagger: float | None = None
+    app: dict[str, Any] | None = None  # the app to run (AppSpec); None: the example app's
+
 
     @property
     def release_dir(self) -> str:
@@ -137,6 +142,47 @@ class Desired:
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
+
+
+@dataclass(frozen=True)
+class AppSpec:
+    """An unmodified app (the pipeline's `app:`): a command run on the shared socket (fd 3,
+    systemd's LISTEN_FDS), healthy once GET `health_path` answers 200 on its private port
+    (`{port}` in the command: the app binds it; else the agent passes it bound, as fd 4) or,
+    with health_port "shared", on the host's port."""
+
+    command: str
+    health_path: str = "/healthz"
+    health_timeout: float = 30.0
+    health_port: str = "private"
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, doc: Any) -> AppSpec:
+        """From desired.json's `app` ({command, health: {path, timeout, port}, env})."""
+        try:
+            health = doc.get("health") or {}
+            spec = cls(doc["command"], str(health.get("path", "/healthz")),
+                       float(health.get("timeout", 30.0)), str(health.get("port", "private")),
+                       {str(k): str(v) for k, v in (doc.get("env") or {}).items()})
+            spec.argv(0)
+        except (AttributeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"app spec is not valid: {error!r}") from None
+        if spec.health_port not in ("private", "shared") or not spec.health_path.startswith("/"):
+            raise ValueError("app spec is not valid: health.port is private or shared, "
+                             "health.path starts with /")
+        return spec
+
+    def argv(self, port: int) -> list[str]:
+        """The command's words (split as a shell would, nothing expanded), {port} filled."""
+        words = [word.format(port=port) for word in shlex.split(self.command)]
+        if not words:
+            raise ValueError("the command is empty")
+        return words
+
+    @property
+    def binds_port(self) -> bool:
+        return any(name == "port" for _, name, _, _ in string.Formatter().parse(self.command))
 
 
 def release_number(release_dir: str | None) -> int | None:
@@ -158,7 +204,8 @@ class HostLayout:
         self.agent = self.run / "agent.json"
         self.workers = self.run / "workers.json"
         self.worker_log = root / "log" / "workers.log"
-        for directory in (self.releases, self.run, self.worker_log.parent):
+        self.apps = self.run / "apps"
+        for directory in (self.releases, self.run, self.worker_log.parent, self.apps):
             directory.mkdir(parents=True, exist_ok=True)
 
     def handoff(self, port: int) -> str:
@@ -175,6 +222,17 @@ class HostLayout:
         with contextlib.suppress(OSError):
             return Path(os.readlink(self.current_link)).name
         return None
+
+    def app_record(self, release_dir: str) -> Path:
+        """How to run a release: the app spec it was published with, its name and sha."""
+        return self.apps / f"{release_dir}.json"
+
+    def launch_spec(self, release_dir: str) -> tuple[AppSpec | None, dict[str, str]]:
+        """The app to run for a release (None: the example app) and its SHIP_* variables."""
+        record = read_json(self.app_record(release_dir)) or {}
+        spec = AppSpec.load(record["app"]) if record.get("app") else None
+        return spec, {"SHIP_RELEASE": str(record.get("release", "")),
+                      "SHIP_SHA": str(record.get("sha", ""))}
 
     def has(self, release_dir: str) -> bool:
         return (self.releases / release_dir).is_dir()
@@ -197,7 +255,7 @@ class HostLayout:
         except (tarfile.TarError, OSError) as error:
             shutil.rmtree(temporary, ignore_errors=True)
             raise SlugError(f"cannot unpack slug {desired.slug_id}: {error}") from None
-        if not (temporary / "app.py").is_file():
+        if desired.app is None and not (temporary / "app.py").is_file():
             shutil.rmtree(temporary, ignore_errors=True)
             raise SlugError(f"slug {desired.slug_id} has no app.py")
         os.rename(temporary, self.releases / desired.release_dir)
@@ -217,6 +275,8 @@ class HostLayout:
         removed = [name for name in kept[:-keep] if name not in protect]
         for name in removed:
             shutil.rmtree(self.releases / name, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                self.app_record(name).unlink()
         return removed
 
 
@@ -323,6 +383,7 @@ class WorkerProcess:
     health_port: int
     handoff: str
     state: str = "booting"  # booting | serving | draining
+    health_path: str = "/healthz"
     healthy: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -336,15 +397,17 @@ class WorkerProcess:
 
     def record(self) -> dict[str, Any]:
         return {"pid": self.pid, "release_dir": self.release_dir, "health_port": self.health_port,
-                "handoff": self.handoff, "state": self.state}
+                "handoff": self.handoff, "state": self.state, "health_path": self.health_path}
 
     def report(self) -> dict[str, Any]:
         return {"pid": self.pid, "release": release_number(self.release_dir),
                 "release_dir": self.release_dir, "state": self.state, "healthy": self.healthy}
 
     def signal(self, signum: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signum)
+        """The whole process group (the worker leads its own): an app's master and its
+        workers alike."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
 
 
 def _adopted_alive(pid: int, marker: str) -> bool:
@@ -478,10 +541,14 @@ class Agent:
         log(f"desired release {desired.name} ({desired.release_dir})")
         self.run = Run(desired=desired, phase="waiting")
         try:
+            if desired.app is not None:
+                AppSpec.load(desired.app)
             self.run.unpacked = self.layout.unpack(desired)
-        except SlugError as error:
+        except (SlugError, ValueError) as error:
             self._fail(str(error))
             return
+        write_json(self.layout.app_record(desired.release_dir),
+                   {"app": desired.app, "release": desired.name, "sha": desired.sha})
         if self._serving_only(desired.release_dir):
             at = now_iso()
             self.run = Run(desired=desired, phase="converged", unpacked=self.run.unpacked,
@@ -569,27 +636,56 @@ class Agent:
     def _spawn(self, release_dir: str) -> WorkerProcess:
         assert self.listener is not None
         self.listener.listen(patience=self.drain_timeout + KILL_MARGIN_S)
-        health = socket.create_server(("127.0.0.1", 0))
-        port = health.getsockname()[1]
+        spec, ship_env = self.layout.launch_spec(release_dir)
+        private = socket.create_server(("127.0.0.1", 0))
+        port = private.getsockname()[1]
         handoff = self.layout.handoff(port)
         release = self.layout.releases / release_dir
-        command = [sys.executable, str(release / "app.py"),
-                   "--fd", str(self.listener.fileno()), "--health-fd", str(health.fileno()),
-                   "--handoff", handoff, "--counters", str(self.layout.counters),
-                   "--drain-timeout", str(self.drain_timeout), "--idle-grace", str(self.idle_grace)]
-        with health, self.layout.worker_log.open("ab") as output:
+        shared = self.listener.fileno()
+        if spec is None:  # the example app's own protocol
+            command = [sys.executable, str(release / "app.py"), "--fd", str(shared),
+                       "--health-fd", str(private.fileno()), "--handoff", handoff,
+                       "--counters", str(self.layout.counters), "--drain-timeout",
+                       str(self.drain_timeout), "--idle-grace", str(self.idle_grace)]
+            env, fds = None, (shared, private.fileno())
+        else:
+            command, env, fds = self._instance_command(spec, ship_env, shared, private, handoff)
+        with private, self.layout.worker_log.open("ab") as output:
             process = subprocess.Popen(
-                command, cwd=release, stdin=subprocess.DEVNULL, stdout=output,
-                stderr=subprocess.STDOUT, pass_fds=(self.listener.fileno(), health.fileno()),
+                command, cwd=release, stdin=subprocess.DEVNULL, stdout=output, env=env,
+                stderr=subprocess.STDOUT, pass_fds=fds,
                 start_new_session=True)  # a Ctrl-C to the agent's terminal is the agent's to handle
         worker = WorkerProcess(process.pid, release_dir, port, handoff, process=process)
+        if spec is not None:
+            worker.health_path = spec.health_path
+            worker.health_port = self.port if spec.health_port == "shared" else port
         self.workers.append(worker)
         self._save_workers()
         log(f"started worker {worker.pid} on {release_dir}")
         return worker
 
+    @staticmethod
+    def _instance_command(spec: AppSpec, ship_env: dict[str, str], shared: int,
+                          private: socket.socket, handoff: str,
+                          ) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+        """rollout/instance.py running the app's command: the shared socket at fd 3 and,
+        unless the app binds `{port}` itself, the private one at fd 4. The environment is
+        the agent's, the spec's `env`, SHIP_RELEASE, SHIP_SHA and PORT (the private port)."""
+        port = private.getsockname()[1]
+        command = [sys.executable, str(INSTANCE), "--fd", str(shared), "--handoff", handoff]
+        fds: tuple[int, ...] = (shared,)
+        if spec.binds_port:
+            private.close()  # free for the app to bind (a port another process may take first)
+        else:
+            command += ["--private-fd", str(private.fileno())]
+            fds += (private.fileno(),)
+        env = {**os.environ, **spec.env, **ship_env, "PORT": str(port)}
+        return [*command, "--", *spec.argv(port)], env, fds
+
     def _await_healthy(self, worker: WorkerProcess) -> None:
-        deadline = time.monotonic() + self.boot_timeout
+        spec, _ = self.layout.launch_spec(worker.release_dir)
+        timeout = spec.health_timeout if spec else self.boot_timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if not worker.alive():
                 raise BootFailed(f"worker {worker.pid} of {worker.release_dir} exited with code "
@@ -601,13 +697,13 @@ class Agent:
                 return
             time.sleep(POLL_S)
         raise BootFailed(f"worker {worker.pid} of {worker.release_dir} was not healthy "
-                         f"after {self.boot_timeout:g}s")
+                         f"after {timeout:g}s")
 
     @staticmethod
     def _healthy(worker: WorkerProcess) -> bool:
         connection = http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=1.0)
         try:
-            connection.request("GET", "/healthz")
+            connection.request("GET", worker.health_path)
             response = connection.getresponse()
             response.read()
             return response.status == 200
@@ -638,10 +734,17 @@ class Agent:
             self.drains["killed"] += 1
             return
         code = worker.exit_code()
-        outcome = {0: "clean", EXIT_ABORTED: "aborted"}.get(code, "unknown")  # type: ignore[arg-type]
+        outcome = self._outcomes(worker).get(code, "unknown")  # type: ignore[arg-type]
         if counted:
             self.drains[outcome] += 1
         log(f"worker {worker.pid} exited with code {code} ({outcome})")
+
+    def _outcomes(self, worker: WorkerProcess) -> dict[int, str]:
+        """What a worker's exit code says of its drain. An app may also end by the SIGTERM
+        it was sent (Node without a handler; uvicorn raises it again once shut down)."""
+        if self.layout.launch_spec(worker.release_dir)[0] is None:
+            return {0: "clean", EXIT_ABORTED: "aborted"}
+        return {0: "clean", 128 + signal.SIGTERM: "clean"}
 
     def _supervise(self) -> None:
         """Forget dead workers, refresh health, and keep K workers on `current`."""
@@ -739,13 +842,15 @@ def live_workers(layout: HostLayout) -> list[WorkerProcess]:
     """The host's running workers: those run/workers.json records, and any a killed agent
     started but had not recorded yet."""
     recorded = [WorkerProcess(r["pid"], r["release_dir"], r["health_port"], r["handoff"],
-                              r["state"]) for r in read_json(layout.workers) or []]
+                              r["state"], r.get("health_path", "/healthz"))
+                for r in read_json(layout.workers) or []]
     found = [w for w in recorded if w.alive()]
     return found + _unrecorded_workers(layout, {w.pid for w in recorded})
 
 
 def _unrecorded_workers(layout: HostLayout, known: set[int]) -> list[WorkerProcess]:
-    """Processes whose command line names this host's handoff socket (Linux only)."""
+    """Processes whose command line names this host's handoff socket (Linux only); each
+    runs in its release's directory."""
     prefix = layout.handoff_prefix
     if not layout.handoff(0).startswith(prefix):
         return []
@@ -756,11 +861,25 @@ def _unrecorded_workers(layout: HostLayout, known: set[int]) -> list[WorkerProce
         except OSError:
             continue
         handoff = next((a for a in args if a.startswith(prefix)), None)
-        app = next((a for a in args if a.endswith("app.py")), None)
-        if handoff and app and int(proc.name) not in known:
-            port = int(handoff[len(prefix):])
-            found.append(WorkerProcess(int(proc.name), Path(app).parent.name, port, handoff))
+        if not handoff or int(proc.name) in known:
+            continue
+        with contextlib.suppress(OSError):
+            release = Path(os.readlink(proc / "cwd"))
+            if release.parent == layout.releases:
+                found.append(_found_worker(layout, int(proc.name), release.name, handoff))
     return [w for w in found if w.alive()]
+
+
+def _found_worker(layout: HostLayout, pid: int, release_dir: str, handoff: str,
+                  ) -> WorkerProcess:
+    port = int(handoff[len(layout.handoff_prefix):])
+    spec, _ = layout.launch_spec(release_dir)
+    if spec is None:
+        return WorkerProcess(pid, release_dir, port, handoff)
+    # The shared port's number is not known here: the agent's status.json had it.
+    shared = (read_json(layout.status) or {}).get("port") or port
+    return WorkerProcess(pid, release_dir, shared if spec.health_port == "shared" else port,
+                         handoff, health_path=spec.health_path)
 
 
 def _receive_socket(address: str) -> socket.socket | None:
@@ -822,8 +941,15 @@ def deploy(argv: list[str]) -> int:
         print("deploy: give --number and --slug-id: the release name or the slug's name "
               "does not say them", file=sys.stderr)
         return 2
+    try:
+        app = json.loads(options.app) if options.app else None
+        if app is not None:
+            AppSpec.load(app)
+    except ValueError as error:
+        print(f"deploy: --app: {error}", file=sys.stderr)
+        return 2
     desired = Desired(uuid.uuid4().hex, number, options.release, options.sha, slug_id, "",
-                      now_iso(), options.stagger)
+                      now_iso(), options.stagger, app)
     try:
         uri = _local_slug(options.slug, layout, desired)
     except SlugError as error:
@@ -899,6 +1025,8 @@ def parse_deploy_args(argv: list[str]) -> argparse.Namespace:
                                                              "/var/lib/ship")
     parser.add_argument("--timeout", type=float, default=3600.0)
     parser.add_argument("--no-wait", action="store_true", help="publish and return at once")
+    parser.add_argument("--app", help="the app to run, as JSON ({command, health: {path, "
+                        "timeout, port}, env}); default: the example app's protocol")
     return parser.parse_args(argv)
 
 

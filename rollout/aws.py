@@ -61,7 +61,8 @@ SEND_LIMIT = 50  # instance ids per SendCommand call
 DEFAULT_COMMAND = ("ship agent deploy --release {release} --number {number} --sha {sha} "
                    "--slug {slug} --slug-id {slug_id} --stagger {stagger}")
 COMMAND_FIELDS = frozenset({"release", "number", "pipeline", "sha", "short_sha", "slug",
-                            "slug_uri", "slug_id", "stagger", "drain_timeout", "keep_releases"})
+                            "slug_uri", "slug_id", "stagger", "drain_timeout", "keep_releases",
+                            "app"})
 WAITING = frozenset({"Pending", "Delayed"})
 RUNNING = frozenset({"InProgress"})
 FAILED = frozenset({"Failed", "Cancelled", "Cancelling", "TimedOut"})
@@ -249,8 +250,12 @@ class AwsFleet:
             "stagger": 0 if elb else self.rollout.stagger,
             "drain_timeout": self.rollout.drain_timeout,
             "keep_releases": self.rollout.keep_releases,
+            # The pipeline's `app:` as JSON ('' without one: the example app's protocol).
+            "app": json.dumps(self.rollout.app) if self.rollout.app else "",
         }
         deploy = self.config.command.format(**{k: shlex.quote(_text(v)) for k, v in values.items()})
+        if values["app"] and "{app}" not in self.config.command:
+            deploy += f" --app {shlex.quote(values['app'])}"  # the agent's deploy takes it
         if elb is None:
             return deploy
         args = ["elb-cycle", "--region", self.region, "--stagger", _text(self.rollout.stagger),

@@ -1,5 +1,6 @@
 """A real fleet on this machine: N host agents (rollout/agent.py) as processes on 127.0.0.1,
-each running K workers of the example app (examples/app) on one shared socket.
+each running K workers on one shared socket: the pipeline's `app:` (an unmodified app,
+rollout/instance.py) or, without one, the example app (examples/app).
 
 publish() writes desired.json into every host's root at once and returns; each agent staggers
 and restarts on its own. observe() reads every host's status.json: O(hosts) small reads.
@@ -153,7 +154,8 @@ class LocalFleet:
         desired = Desired(
             publish=uuid.uuid4().hex, release=release.number, name=release.name,
             sha=release.sha, slug_id=slug.id if slug else "", slug_uri=slug.uri if slug else "",
-            published_at=now_iso(), stagger=self.rollout.stagger / self._speed)
+            published_at=now_iso(), stagger=self.rollout.stagger / self._speed,
+            app=self.rollout.app)
         for host in self.hosts:
             desired.save(host.layout.desired)
         self._published = desired
@@ -416,13 +418,15 @@ def stop_agents(root: Path, patience: float = 60.0,
 
 
 def fleet_processes(root: Path) -> list[int]:
-    """Every process whose command line names this fleet's root: its agents and workers
-    (Linux's /proc; [] elsewhere)."""
-    needle = str(Path(root).resolve()).encode()
+    """Every process whose command line names this fleet's root, or that runs in a release
+    under it: its agents, workers and apps (Linux's /proc; [] elsewhere)."""
+    needle = str(Path(root).resolve())
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if needle in (proc / "cmdline").read_bytes() and not _gone(int(proc.name)):
+            named = needle.encode() in (proc / "cmdline").read_bytes()
+            named = named or os.readlink(proc / "cwd").startswith(needle + os.sep)
+            if named and not _gone(int(proc.name)):
                 found.append(int(proc.name))
         except OSError:
             continue

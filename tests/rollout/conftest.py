@@ -54,12 +54,14 @@ def tarball_release(tmp_path: Path, fleet_context: ProviderContext) -> Callable[
 
 @pytest.fixture
 def local_fleet(fleet_context: ProviderContext) -> Iterator[Callable[..., LocalFleet]]:
-    """fleet(hosts, workers, stagger=…, drain_timeout=…, keep_releases=…): started on a root
+    """fleet(hosts, workers, app=…, stagger=…, drain_timeout=…, keep_releases=…): started on a root
     of its own, and stopped after the test whatever happens, leaving no process behind."""
     started: list[LocalFleet] = []
 
-    def start(hosts: int, workers: int, boot_timeout: float = 10.0, **rollout: Any) -> LocalFleet:
+    def start(hosts: int, workers: int, boot_timeout: float = 10.0,
+              app: dict[str, Any] | None = None, **rollout: Any) -> LocalFleet:
         settings = RolloutSettings(**{"stagger": 0.3, "drain_timeout": 3.0, **rollout})
+        settings = settings.running(app)
         root = fleet_context.state_dir / f"fleet-{len(started)}"
         config = LocalFleetConfig(driver="local", hosts=hosts, workers=workers, root=str(root),
                                   boot_timeout=boot_timeout, idle_grace=0.2)

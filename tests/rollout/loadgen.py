@@ -33,8 +33,9 @@ class Load:
     in `post_every` is a POST /messages, the others GET /."""
 
     def __init__(self, urls: list[str], clients: int = 8, rate: float = 25.0,
-                 post_every: int = 4, timeout: float = 5.0) -> None:
+                 post_every: int = 4, timeout: float = 5.0, keep_alive: bool = True) -> None:
         self.urls = urls
+        self.keep_alive = keep_alive  # False: every client opens a connection per request
         self.rate = rate
         self.post_every = post_every
         self.timeout = timeout
@@ -63,7 +64,7 @@ class Load:
             return [o for o in self.outcomes if not o.ok]
 
     def _client(self, index: int) -> None:
-        keep_alive = index % 2 == 0
+        keep_alive = self.keep_alive and index % 2 == 0
         session = requests.Session()
         count, next_at = index, time.monotonic()
         while not self._stop.is_set():
