@@ -159,6 +159,19 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Stopped(signum)
 
 
+def _own_sigterm() -> None:
+    """Before flows run here: Prefect's engine would put its own SIGTERM handler in front
+    of _on_signal while a flow runs, raising TerminationSignal wherever the main thread is
+    (often outside any flow, where nothing of Prefect's catches it). The command's handler
+    stays: it ends every flow the same way (cancelled, recorded as crashed)."""
+    import prefect.flow_engine
+
+    if not hasattr(prefect.flow_engine, "capture_sigterm"):
+        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check how ship "
+                           "commands end on SIGTERM against this Prefect version")
+    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
+
+
 def _prefect_stops() -> tuple[type[BaseException], ...]:
     """Prefect's TerminationSignal (only looked up if Prefect is loaded: it is slow to import)."""
     prefect = sys.modules.get("prefect.exceptions")
@@ -558,6 +571,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
+    _own_sigterm()
+
     # Piped output (CI logs) gets room for the stage table instead of 80 columns.
     console = out if out.is_terminal else Console(width=120)
     return run_demo(args.config, args.pipeline, args.demo_speed, console)
@@ -602,6 +617,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
     """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set),
     after settling what a stopped ship process left (orchestrator.reconcile). With
     `settle`, wait for the watches and fleet followers the work started."""
+    _own_sigterm()
     from orchestrator.reconcile import reconcile
     from orchestrator.runner import Runner
     from orchestrator.runtime import Ship, use

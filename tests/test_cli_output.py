@@ -165,3 +165,44 @@ def test_the_demo_summary_shows_data_as_it_is(tmp_path: Path, sim_config_file: P
     untold = {**outcomes, "refused": DeployOutcome(False, NASTY)}
     assert demo._summary(store, load(sim_config_file), untold, console) == 1
     assert "the deploy while locked was not refused" in written.getvalue()
+
+
+BAD_NUMBERS = [
+    (["rollback", "us", "--to", str(10**30)], "argument --to: 1000000000000000000000000000000 "
+     "is out of range: a release number is 1 to 9223372036854775807"),
+    (["rollback", "us", "--to", "0"], "argument --to: 0 is out of range"),
+    (["rollback", "us", "--to", "seven"], "argument --to: 'seven' is not a whole number"),
+    (["rollback", "us", "--minutes-ago", "nan"], "argument --minutes-ago: nan is out of range"),
+    (["rollback", "us", "--minutes-ago", "inf"], "argument --minutes-ago: inf is out of range"),
+    (["rollback", "us", "--minutes-ago", "1e400"], "argument --minutes-ago: 1e400 is out of"),
+    (["rollback", "us", "--minutes-ago=-1"], "argument --minutes-ago: -1 is out of range"),
+    (["events", "us", "--release", str(2**63)], "argument --release: 9223372036854775808 is"),
+    (["events", "us", "--limit", "0"], "argument --limit: 0 is out of range: a limit is 1 to"),
+    (["releases", "us", "--limit", str(10**9)], "argument --limit: 1000000000 is out of range"),
+    (["--speed", "nan", "status"], "argument --speed: nan is out of range"),
+    (["--speed", "0", "status"], "argument --speed: 0 is out of range"),
+    (["serve", "--port", "70000"], "argument --port: 70000 is out of range"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_NUMBERS)
+def test_a_number_out_of_range_is_bad_input(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_number_out_of_range_is_bad_input_in_the_real_cli(
+        env: dict[str, str], sim_config_file: Path) -> None:  # noqa: F811
+    for args, message in BAD_NUMBERS:
+        code, _, stderr = run(env, sim_config_file, *args)
+        assert code == 2 and message in stderr, (args, stderr)
+
+
+def test_numbers_in_range_are_taken(env: dict[str, str], sim_config_file: Path) -> None:  # noqa: F811
+    code, stdout, stderr = run(env, sim_config_file, "events", "us", "--release",
+                               str(2**63 - 1), "--limit", "10000")
+    assert code == 2 and "us has no release #9223372036854775807" in stderr
+    code, stdout, stderr = run(env, sim_config_file, "releases", "us", "--limit", "1", "--json")
+    assert code == 0 and stdout.strip() == "[]", stderr
