@@ -39,6 +39,7 @@ from rich.table import Table
 from orchestrator import engine  # noqa: F401 - Prefect settings before Prefect loads
 from orchestrator.reconcile import audit
 from orchestrator.release import State
+from orchestrator.show import plain
 from orchestrator.store import Store
 from tests.faults.crash import (
     HOST_KILL,
@@ -476,7 +477,7 @@ def main() -> int:
                           ("lost or inconsistent", 2)):
         table.add_column(column, ratio=ratio, overflow="fold")
     for fault, did, problems in rows:
-        table.add_row(fault, did, "; ".join(problems) if problems else "nothing")
+        table.add_row(plain(fault), plain(did), plain("; ".join(problems) or "nothing"))
     console = Console(width=max(140, Console().width))
     console.print(table)
     clean = sum(not problems for *_, problems in rows)

@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
+import contextlib
 import getpass
 import hashlib
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 
 from orchestrator import config as config_module
+from orchestrator import show
 from orchestrator.config import ConfigError, UnknownPipeline
 
 OK, REFUSED, BAD_INPUT = 0, 1, 2
@@ -39,8 +45,14 @@ environment:
   GITHUB_WEBHOOK_SECRET, SLACK_SIGNING_SECRET, SLACK_BOT_TOKEN   for `ship serve`
 """
 
-out = Console()
-err = Console(stderr=True)
+class _Console(Console):
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError  # main ends quietly, as for the JSON of a plain print
+
+
+out = _Console()
+err = _Console(stderr=True)
+_opened: list[tuple[config_module.ShipConfig, Any]] = []  # what a stopped command looks at
 
 
 class BadInput(Exception):
@@ -59,30 +71,157 @@ def main(argv: list[str] | None = None) -> int:
         return agent_main(argv[1:])
     args = _parser().parse_args(argv)
     try:
-        return args.run(args)
-    except ConfigError as error:
-        for problem in error.problems:
-            err.print(f"[red]✘[/] {escape(str(problem))}", highlight=False, soft_wrap=True)
-        err.print(f"{len(error.problems)} problem(s) found")
-        return BAD_INPUT
-    except (BadInput, UnknownPipeline) as error:
-        err.print(f"[red]error:[/] {_text(error)}")
-        return BAD_INPUT
-    except Refused as error:
-        err.print(f"[yellow]refused:[/] {_text(error)}")
-        return REFUSED
-    except KeyboardInterrupt:
-        return 130
-    except Exception as error:
-        if os.environ.get("SHIP_DEBUG"):
-            raise
-        err.print(f"[red]error:[/] {type(error).__name__}: {_text(error)} "
-                  "(set SHIP_DEBUG=1 for a traceback)")
-        return REFUSED
+        code = _answer(args)
+        sys.stdout.flush()  # here, not at exit: a reader gone is then caught below
+        return code
+    except BrokenPipeError:
+        # `ship schema | head -1`: the reader left. Nothing more to say, and the
+        # interpreter's own flush at exit must not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def _answer(args: argparse.Namespace) -> int:
+    """Run the command: however it ends, the user reads one line per problem and no
+    traceback (unless SHIP_DEBUG is set)."""
+    with _signals_stop():
+        try:
+            return args.run(args)
+        except ConfigError as error:
+            for problem in error.problems:
+                _say(("✘", "red"), " ", str(problem))
+            _say(f"{len(error.problems)} problem(s) found")
+            return BAD_INPUT
+        except (BadInput, UnknownPipeline) as error:
+            _say(("error:", "red"), " ", _text(error))
+            return BAD_INPUT
+        except Refused as error:
+            _say(("refused:", "yellow"), " ", _text(error))
+            return REFUSED
+        except BrokenPipeError:
+            raise  # the reader of our output left: main ends quietly
+        except (KeyboardInterrupt, *_prefect_stops()) as stop:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one cannot cut the report
+            return _stopped(getattr(stop, "signal", signal.SIGINT))
+        except Exception as error:
+            if os.environ.get("SHIP_DEBUG"):
+                raise
+            _say(("error:", "red"), f" {type(error).__name__}: {_text(error)} "
+                 "(set SHIP_DEBUG=1 for a traceback)")
+            return REFUSED
+
+
+def _tell(*parts: show.Part) -> None:
+    """One line on stdout; every string in it is data, never markup."""
+    out.print(show.line(*parts), highlight=False, soft_wrap=True)
+
+
+def _say(*parts: show.Part) -> None:
+    """One line on stderr; every string in it is data, never markup."""
+    err.print(show.line(*parts), highlight=False, soft_wrap=True)
 
 
 def _text(error: BaseException) -> str:
     return str(error.args[0]) if error.args else str(error)
+
+
+# --- stopped by a signal ------------------------------------------------------------------------
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGINT arrived. A KeyboardInterrupt, so that asyncio lets it out of the
+    event loop at once, whichever task it lands in."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signal = signum
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM and SIGINT raise Stopped while a command runs (main thread only: a test may
+    call main elsewhere). Prefect's flow engine puts its own SIGTERM handler in front while a
+    flow runs; it raises TerminationSignal, then sends SIGTERM again, which lands here."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    # Work in threads (a build, a gate, a fleet call) cannot be interrupted, and closing the
+    # event loop waits for its executor's threads: give it a fresh one, so it does not wait.
+    with contextlib.suppress(RuntimeError):  # no event loop running
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
+    raise Stopped(signum)
+
+
+def _own_sigterm() -> None:
+    """Before flows run here: Prefect's engine would put its own SIGTERM handler in front
+    of _on_signal while a flow runs, raising TerminationSignal wherever the main thread is
+    (often outside any flow, where nothing of Prefect's catches it). The command's handler
+    stays: it ends every flow the same way (cancelled, recorded as crashed)."""
+    import prefect.flow_engine
+
+    if not hasattr(prefect.flow_engine, "capture_sigterm"):
+        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check how ship "
+                           "commands end on SIGTERM against this Prefect version")
+    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
+
+
+def _prefect_stops() -> tuple[type[BaseException], ...]:
+    """Prefect's TerminationSignal (only looked up if Prefect is loaded: it is slow to import)."""
+    prefect = sys.modules.get("prefect.exceptions")
+    return (prefect.TerminationSignal,) if prefect else ()
+
+
+def _stopped(signum: int) -> int:
+    name = signal.Signals(signum).name
+    try:
+        left = _left_behind()
+    except Exception as error:  # the store may be what was interrupted
+        left = [f"the store could not be read ({type(error).__name__})"]
+    _say(f"stopped by {name}" + (f": {'; '.join(left)}; the next ship process (or `ship "
+                                 "reconcile`) settles it" if left else ""))
+    return _leave(128 + signum)
+
+
+def _leave(code: int) -> int:
+    """Exit now if threads still work on what was abandoned (the interpreter would wait for
+    them to end, a build for many minutes): after the exit handlers, which stop Prefect's
+    temporary API server."""
+    busy = [t for t in threading.enumerate()
+            if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if not busy:
+        return code
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    os._exit(code)
+
+
+def _left_behind() -> list[str]:
+    """What this process drove and did not finish: releases in flight, rollbacks running."""
+    from orchestrator.store import this_process
+
+    me, left = this_process(), []
+    for loaded, store in _opened:
+        for name in loaded.pipelines:
+            state = store.pipeline_state(name)
+            for release in state.flights:
+                driver = store.driver(release.id)
+                if driver and driver.owner == me:
+                    left.append(f"release {release.name} was {release.state}")
+            rollback = state.rollback
+            driver = rollback and store.driver(rollback.from_id, rollback.id)
+            if driver and driver.owner == me:
+                left.append(f"the rollback of {name} was running")
+    return left
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,7 +232,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", "-c", type=Path,
                         default=Path(os.environ.get("SHIP_CONFIG", "pipelines.yaml")),
                         help="pipelines file (default: pipelines.yaml)")
-    parser.add_argument("--speed", type=float, default=1.0,
+    parser.add_argument("--speed", type=_positive, default=1.0,
                         help="run pipeline time N× faster (for simulated pipelines)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -106,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = command("demo", _demo, "run the whole story on the simulated pipelines")
     demo.add_argument("--pipeline", default="us", help="pipeline the story runs on")
-    demo.add_argument("--demo-speed", type=float, default=90.0, dest="demo_speed",
+    demo.add_argument("--demo-speed", type=_positive, default=90.0, dest="demo_speed",
                       help="pipeline minutes per real minute (default 90)")
 
     deploy = command("deploy", _deploy, "ship a commit (and whatever else is queued)")
@@ -123,20 +262,22 @@ def _parser() -> argparse.ArgumentParser:
 
     releases = command("releases", _releases, "a pipeline's releases with stage durations")
     releases.add_argument("pipeline")
-    releases.add_argument("--limit", type=int, default=20)
+    releases.add_argument("--limit", type=_limit, default=20, help=LIMIT_HELP)
     releases.add_argument("--json", action="store_true")
 
     events = command("events", _events, "a pipeline's event log")
     events.add_argument("pipeline")
-    events.add_argument("--release", type=int, help="only this release number")
-    events.add_argument("--limit", type=int, default=50)
+    events.add_argument("--release", type=_release_number, metavar="NUMBER",
+                        help="only this release number")
+    events.add_argument("--limit", type=_limit, default=50, help=LIMIT_HELP)
     events.add_argument("--json", action="store_true")
 
     rollback = command("rollback", _rollback, "roll back by hand (no gates); locks the pipeline")
     rollback.add_argument("pipeline")
     target = rollback.add_mutually_exclusive_group()
-    target.add_argument("--to", type=int, metavar="RELEASE", help="release number to go back to")
-    target.add_argument("--minutes-ago", type=float, metavar="N",
+    target.add_argument("--to", type=_release_number, metavar="RELEASE",
+                        help="release number to go back to")
+    target.add_argument("--minutes-ago", type=_minutes_ago, metavar="N",
                         help="go back to what was live N minutes ago (default: the lookback)")
     rollback.add_argument("--reason", default="manual rollback")
 
@@ -173,15 +314,70 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", _serve, "serve GitHub webhooks, Slack buttons and /healthz over "
                     "HTTP, and run the pipelines' releases")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default 8080; 0: any free)")
+    serve.add_argument("--port", type=_port, default=8080, help="port (default 8080; 0: any free)")
     serve.add_argument("--prefect-deployments", action="store_true",
                        help="also serve the flows as Prefect deployments (needs PREFECT_API_URL)")
-    serve.add_argument("--drain-timeout", type=float, default=300.0, metavar="SECONDS",
+    serve.add_argument("--drain-timeout", type=_seconds, default=300.0, metavar="SECONDS",
                        help="on SIGTERM, how long releases in flight may take to finish")
     commands.add_parser("agent", help="run a host agent (see `ship agent --help`)")
     for sub in (deploy, status, releases, events, rollback, lock, unlock, resume, dora):
         sub.add_argument("--as", dest="actor", default=None, help="who you are (default: login)")
     return parser
+
+
+# --- arguments: bad values are refused by argparse (exit 2, one line naming the option) ---
+
+MAX_NUMBER = 2**31 - 1  # orchestrator.store.ID_MAX: the largest integer every store holds
+MAX_LIMIT = 10_000
+MAX_MINUTES_AGO = 10 * 365 * 24 * 60
+LIMIT_HELP = f"how many (1 to {MAX_LIMIT})"
+
+
+def _whole(text: str, low: int, high: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: {what} is {low} to {high}")
+    return value
+
+
+def _real(text: str, low: float, high: float, what: str, low_ok: bool = True) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    above = low <= value if low_ok else low < value
+    if not (math.isfinite(value) and above and value <= high):
+        bound = "at least" if low_ok else "more than"
+        raise argparse.ArgumentTypeError(f"{text} is out of range: {what} is a finite number "
+                                         f"{bound} {low:g} and at most {high:g}")
+    return value
+
+
+def _release_number(text: str) -> int:
+    return _whole(text, 1, MAX_NUMBER, "a release number")
+
+
+def _limit(text: str) -> int:
+    return _whole(text, 1, MAX_LIMIT, "a limit")
+
+
+def _port(text: str) -> int:
+    return _whole(text, 0, 65535, "a port")
+
+
+def _minutes_ago(text: str) -> float:
+    return _real(text, 0, MAX_MINUTES_AGO, "minutes ago")
+
+
+def _seconds(text: str) -> float:
+    return _real(text, 0, 7 * 24 * 3600, "a time in seconds")
+
+
+def _positive(text: str) -> float:
+    return _real(text, 0, 1e6, "a speed", low_ok=False)
 
 
 # --- commands ---------------------------------------------------------------------------------
@@ -191,7 +387,7 @@ def _validate(args: argparse.Namespace) -> int:
     path = args.file or args.config
     loaded = config_module.load(path)
     names = ", ".join(f"{p.name} ({p.region})" for p in loaded.pipelines.values())
-    out.print(f"[green]✔[/] {path}: {len(loaded.pipelines)} pipeline(s): {names}")
+    _tell(("✔", "green"), f" {path}: {len(loaded.pipelines)} pipeline(s): {names}")
     return OK
 
 
@@ -222,8 +418,7 @@ def _status(args: argparse.Namespace) -> int:
         if last:
             out.print(report.releases_table(store, last, title=f"{state.name}: latest releases"))
         for fault in attention(store, state.name):
-            out.print(f"[yellow]![/] {state.name} {fault['kind']}: {fault['message']}",
-                      highlight=False, markup=True)
+            _tell(("!", "yellow"), f" {state.name} {fault['kind']}: {fault['message']}")
     return OK
 
 
@@ -254,8 +449,8 @@ def _events(args: argparse.Namespace) -> int:
                           for e in events], indent=2))
         return OK
     for e in events:
-        out.print(f"[dim]{e.at:%Y-%m-%d %H:%M:%S}[/] {e.kind:<14} [cyan]{e.actor:<10}[/] "
-                  f"{e.message}", highlight=False, markup=True)
+        _tell((f"{e.at:%Y-%m-%d %H:%M:%S}", "dim"), f" {e.kind:<14} ", (f"{e.actor:<10}", "cyan"),
+              f" {e.message}")
     return OK
 
 
@@ -264,7 +459,7 @@ def _lock(args: argparse.Namespace) -> int:
     claim = store.take_lock(name, _actor(args), args.reason, auto=False)
     if not claim.won:
         raise Refused(f"{name} is already {claim.reason}")
-    out.print(f"🔒 {name} {claim.lock.describe()}")
+    _tell(f"🔒 {name} {claim.lock.describe()}")
     return OK
 
 
@@ -273,7 +468,7 @@ def _unlock(args: argparse.Namespace) -> int:
     lock = store.unlock(name, _actor(args), args.reason)
     if lock is None:
         raise Refused(f"{name} is not locked")
-    out.print(f"🔓 {name} unlocked (was {lock.describe()})")
+    _tell(f"🔓 {name} unlocked (was {lock.describe()})")
     return OK
 
 
@@ -282,7 +477,7 @@ def _resume(args: argparse.Namespace) -> int:
     held = store.override_hold(name, _actor(args), args.reason)
     if held is None:
         raise Refused(f"{name} is not held")
-    out.print(f"▶ {name}: promotions resume (the hold was: {held})")
+    _tell(f"▶ {name}: promotions resume (the hold was: {held})")
     return OK
 
 
@@ -315,10 +510,10 @@ def _deploy(args: argparse.Namespace) -> int:
     if not outcome.started:
         if outcome.lock is not None:
             raise Refused(f"{name} is {outcome.reason}")
-        out.print(f"queued {sha[:7]}: {outcome.reason}; it rides the next release")
+        _tell(f"queued {sha[:7]}: {outcome.reason}; it rides the next release")
         return OK
-    out.print(f"{outcome.release.name}: {outcome.state}"
-              + (f" ({outcome.release.reason})" if outcome.release.reason else ""))
+    _tell(f"{outcome.release.name}: {outcome.state}"
+          + (f" ({outcome.release.reason})" if outcome.release.reason else ""))
     return OK if outcome.shipped or outcome.state == "done" else REFUSED
 
 
@@ -333,8 +528,8 @@ def _rollback(args: argparse.Namespace) -> int:
     if not outcome.won:
         raise Refused(outcome.reason)
     name = args.pipeline
-    out.print(f"⏪ {outcome.reason}; {name} is locked (unlock with `ship unlock {name} "
-              "--reason …`)", markup=False, highlight=False)
+    _tell(f"⏪ {outcome.reason}; {name} is locked (unlock with `ship unlock {name} "
+          "--reason …`)")
     return OK
 
 
@@ -346,6 +541,7 @@ def _rollback_here(args: argparse.Namespace) -> Any:
 
     loaded, store = _open(args)
     name = _pipeline(loaded, args.pipeline)
+    _own_sigterm()
     ship = use(Ship(loaded, store))
 
     async def rollback_then_reconcile() -> Any:
@@ -378,12 +574,12 @@ def _rollback_through_serve(args: argparse.Namespace) -> Any:
     try:
         status, answer = handle.call(served, "/api/rollback", asked, timeout=ROLLBACK_WAIT_S)
     except handle.Unreachable as error:
-        err.print(f"{error}: rolling back from this process", markup=False, highlight=False)
+        _say(f"{error}: rolling back from this process")
         return None
     if status in (400, 404) and "error" in answer:
         raise BadInput(answer["error"])
     if status not in (200, 400, 409):
-        err.print(f"ship serve answered {status}: rolling back from this process")
+        _say(f"ship serve answered {status}: rolling back from this process")
         return None
     return RollbackOutcome(bool(answer.get("won")), str(answer.get("reason", "")),
                            bad_input=bool(answer.get("bad_input")))
@@ -402,13 +598,12 @@ def _reconcile(args: argparse.Namespace) -> int:
                           "problems": problems}, indent=2))
     else:
         for o in outcomes:
-            out.print(f"{o.pipeline} {o.release or '-'} ({o.was}) → {o.action}: {o.detail}",
-                      highlight=False)
+            _tell(f"{o.pipeline} {o.release or '-'} ({o.was}) → {o.action}: {o.detail}")
         if not outcomes:
-            out.print("nothing to reconcile: no release was left by a stopped process")
+            _tell("nothing to reconcile: no release was left by a stopped process")
         for name, found in problems.items():
             for problem in found:
-                err.print(f"[red]✘[/] {name}: {problem}", highlight=False, markup=True)
+                _say(("✘", "red"), f" {name}: {problem}")
     failed = any(o.action == "error" for o in outcomes)
     return REFUSED if failed or any(problems.values()) else OK
 
@@ -433,6 +628,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
+    _own_sigterm()
+
     # Piped output (CI logs) gets room for the stage table instead of 80 columns.
     console = out if out.is_terminal else Console(width=120)
     return run_demo(args.config, args.pipeline, args.demo_speed, console)
@@ -447,6 +644,7 @@ def _open(args: argparse.Namespace) -> tuple[config_module.ShipConfig, Any]:
 
     loaded = config_module.load(args.config)
     store = Store()
+    _opened.append((loaded, store))
     if args.speed != 1.0:
         # Scaled pipeline time carries on from where the last run left it, so times
         # recorded by earlier runs are never in this run's future.
@@ -476,6 +674,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
     """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set),
     after settling what a stopped ship process left (orchestrator.reconcile). With
     `settle`, wait for the watches and fleet followers the work started."""
+    _own_sigterm()
     from orchestrator.runner import Runner
     from orchestrator.runtime import Ship, use
 
@@ -499,8 +698,7 @@ async def _reconciled(ship: Any) -> None:
 
     for o in await reconcile(ship):
         if o.action != "left":
-            err.print(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: "
-                      f"{o.detail}", highlight=False, markup=False)
+            _say(f"reconciled {o.release or o.pipeline} ({o.was}) → {o.action}: {o.detail}")
 
 
 if __name__ == "__main__":

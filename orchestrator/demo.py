@@ -26,6 +26,7 @@ from orchestrator.notify.console import ConsoleNotifier
 from orchestrator.release import State
 from orchestrator.runner import DeployOutcome, Runner
 from orchestrator.runtime import Ship, use
+from orchestrator.show import line
 from orchestrator.store import Release, Store
 from shiptypes import Commit, FleetStatus, ScaledClock
 
@@ -53,7 +54,9 @@ class DemoView:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.pipelines: list[str] = []
-        self.fleets = Progress(TextColumn("{task.description:<28}"), BarColumn(bar_width=40),
+        # Descriptions name releases: shown as they are, not read as markup.
+        self.fleets = Progress(TextColumn("{task.description:<28}", markup=False),
+                               BarColumn(bar_width=40),
                                MofNCompleteColumn(), TextColumn("hosts"))
         self._bars: dict[str, int] = {}
 
@@ -87,8 +90,8 @@ def run_demo(config_path: Path, pipeline: str, speed: float, console: Console) -
     story = loaded.pipeline(pipeline)
     console.rule(f"ship demo · {len(loaded.pipelines)} pipelines · time ×{speed:g} "
                  f"(1 real second = {speed / 60:.1f} pipeline minutes)")
-    console.print(f"Starting Prefect's local API (a few seconds on first run)… the story "
-                  f"runs on [bold]{pipeline}[/] ({story.region})")
+    console.print(line("Starting Prefect's local API (a few seconds on first run)… the story "
+                       "runs on ", (pipeline, "bold"), f" ({story.region})"))
     with Live(view, console=console, refresh_per_second=4, transient=True):
         outcomes = asyncio.run(_story(Runner(ship), story, [p for p in loaded.pipelines
                                                             if p != pipeline], console))
@@ -100,7 +103,7 @@ async def _story(runner: Runner, story: Pipeline, others: list[str],
     name = story.name
 
     def chapter(text: str) -> None:
-        console.print(f"\n[bold magenta]▶ {text}[/]")
+        console.print(line("\n", (f"▶ {text}", "bold magenta")))
 
     async def deploy(pipeline: str, author: str, message: str) -> DeployOutcome:
         return await runner.deploy(pipeline, [_commit(runner, pipeline, author, message)],
@@ -152,8 +155,9 @@ def _summary(store: Store, loaded: ShipConfig, outcomes: dict[str, DeployOutcome
     if outcomes["refused"].lock is None:
         wrong.append("the deploy while locked was not refused by the lock")
     if wrong:
-        console.print("[red]The story did not go as told:[/] " + "; ".join(wrong))
+        console.print(line(("The story did not go as told:", "red"), " " + "; ".join(wrong)))
         return 1
     refused = outcomes["refused"]
-    console.print(f"[green]✔ The story went as told.[/] Refused while locked: {refused.reason}")
+    console.print(line(("✔ The story went as told.", "green"),
+                       f" Refused while locked: {refused.reason}"))
     return 0

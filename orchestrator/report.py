@@ -7,9 +7,11 @@ from datetime import datetime
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.dora import Dora
 from orchestrator.release import State
+from orchestrator.show import line, plain
 from orchestrator.store import PipelineState, Release, Store
 
 # Stage name → (state entered at its start, states that may end it).
@@ -22,8 +24,14 @@ STAGES: dict[str, tuple[State, tuple[State, ...]]] = {
     "rollout": (State.PROMOTING, (State.LIVE, State.HALTED, State.FAILED)),
     "watch": (State.WATCHING, (State.DONE, State.ROLLED_BACK)),
 }
-STATE_STYLE = {"done": "green", "live": "bold green", "watching": "green", "halted": "yellow",
-               "rolled_back": "red", "failed": "red", "superseded": "dim"}
+# Every state has a style (tests/test_output.py checks it): in flight is cyan, shipped green,
+# stopped yellow or red.
+STATE_STYLE: dict[State, str] = {
+    State.QUEUED: "dim cyan", State.BUILDING: "cyan", State.PREPROD: "cyan",
+    State.GATING: "cyan", State.READY: "bold cyan", State.PROMOTING: "bold cyan",
+    State.LIVE: "bold green", State.WATCHING: "green", State.DONE: "green",
+    State.HALTED: "yellow", State.ROLLED_BACK: "red", State.FAILED: "red",
+    State.SUPERSEDED: "dim"}
 
 
 def stage_spans(release: Release) -> dict[str, tuple[datetime | None, datetime | None]]:
@@ -75,7 +83,7 @@ def pipeline_dict(state: PipelineState) -> dict[str, Any]:
 
 def releases_table(store: Store, releases: list[Release], title: str = "Releases") -> Table:
     """Stage durations in pipeline minutes; a gate column shows ✔/✘ per gate."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=plain(title), title_justify="left")
     for column in ("release", "state", *STAGES):
         table.add_column(column, no_wrap=True)
     table.add_column("note", overflow="fold", ratio=1)
@@ -86,10 +94,8 @@ def releases_table(store: Store, releases: list[Release], title: str = "Releases
         cells["gates"] = f"{cells['gates']} {marks}".strip()
         authors = ", ".join(sorted({c.author for c in release.commits if c.author}))
         table.add_row(
-            release.name,
-            f"[{STATE_STYLE.get(release.state, '')}]{release.state}[/]",
-            *(cells[s] for s in STAGES),
-            release.reason or f"{len(release.commits)} commit(s) by {authors or '?'}",
+            plain(release.name), state_text(release.state), *(plain(cells[s]) for s in STAGES),
+            plain(release.reason or f"{len(release.commits)} commit(s) by {authors or '?'}"),
         )
     return table
 
@@ -100,13 +106,14 @@ def pipelines_table(states: list[PipelineState]) -> Table:
         table.add_column(column)
     for state in states:
         lock = state.lock
+        flight = state.in_flight
         table.add_row(
-            state.name,
-            state.live.name if state.live else "-",
-            f"{state.in_flight.name} ({state.in_flight.state})" if state.in_flight else "-",
-            f"[red]🔒 {lock.owner}: {lock.reason}[/]" if lock else "[green]open[/]",
-            state.hold_reason or "-",
-            str(state.pending_merges),
+            plain(state.name),
+            plain(state.live.name if state.live else "-"),
+            line(flight.name, " (", state_text(flight.state), ")") if flight else plain("-"),
+            plain(f"🔒 {lock.owner}: {lock.reason}", "red") if lock else plain("open", "green"),
+            plain(state.hold_reason or "-"),
+            plain(state.pending_merges),
         )
     return table
 
@@ -117,11 +124,17 @@ def dora_table(figures: list[Dora]) -> Table:
                    "change failure", "restore p50"):
         table.add_column(column, justify="right")
     for f in figures:
-        table.add_row(f.pipeline, f"{f.days:g}", str(f.shipped), f"{f.per_day:.1f}",
-                      _min(f.lead_p50_min), _min(f.lead_p90_min),
-                      "-" if f.change_failure_rate is None else f"{f.change_failure_rate:.0%}",
-                      _min(f.restore_p50_min))
+        cells = (f.pipeline, f"{f.days:g}", f.shipped, f"{f.per_day:.1f}",
+                 _min(f.lead_p50_min), _min(f.lead_p90_min),
+                 "-" if f.change_failure_rate is None else f"{f.change_failure_rate:.0%}",
+                 _min(f.restore_p50_min))
+        table.add_row(*map(plain, cells))
     return table
+
+
+def state_text(state: State | str) -> Text:
+    """A release's state in its style."""
+    return plain(state, STATE_STYLE.get(state, ""))  # a StrEnum key matches its string
 
 
 def _minutes(seconds: float | None) -> str:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 
 from orchestrator.notify import Notice
+from orchestrator.show import line
 
 _STYLE = {"info": "cyan", "warning": "yellow", "page": "bold white on red"}
 _ICON = {"live": "🚀", "halted": "⛔", "breach": "💔", "rollback": "⏪", "lock": "🔒",
@@ -21,9 +21,7 @@ class ConsoleNotifier:
 
     def notify(self, notice: Notice) -> None:
         icon = _ICON.get(notice.kind, "•")
-        style = _STYLE[notice.level]
-        text = escape(notice.text)
-        if notice.level == "page":
-            text = f"PAGE on-call: {text}"
-        self.console.print(f"[dim]{notice.pipeline:>4}[/] {icon} [{style}]{text}[/]",
-                           highlight=False, markup=True)
+        page = "PAGE on-call: " if notice.level == "page" else ""
+        # The notice's text comes from data (reasons, commit messages): never markup.
+        self.console.print(line((f"{notice.pipeline:>4}", "dim"), f" {icon} ",
+                                (page + notice.text, _STYLE[notice.level])), highlight=False)
