@@ -22,13 +22,15 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
-from orchestrator import config as config_module
 from orchestrator import show
-from orchestrator.config import ConfigError, UnknownPipeline
+from orchestrator.problems import ConfigError, UnknownPipeline
+
+if TYPE_CHECKING:
+    from orchestrator import config as config_module
 
 OK, REFUSED, BAD_INPUT = 0, 1, 2
 STATE_DIR = Path(".ship")  # as orchestrator.runtime.Ship's default
@@ -384,6 +386,8 @@ def _positive(text: str) -> float:
 
 
 def _validate(args: argparse.Namespace) -> int:
+    from orchestrator import config as config_module
+
     path = args.file or args.config
     loaded = config_module.load(path)
     names = ", ".join(f"{p.name} ({p.region})" for p in loaded.pipelines.values())
@@ -392,6 +396,8 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _schema(_args: argparse.Namespace) -> int:
+    from orchestrator import config as config_module
+
     print(json.dumps(config_module.json_schema(), indent=2))
     return OK
 
@@ -541,11 +547,11 @@ def _rollback_here(args: argparse.Namespace) -> Any:
 
     loaded, store = _open(args)
     name = _pipeline(loaded, args.pipeline)
-    _own_sigterm()
     ship = use(Ship(loaded, store))
 
     async def rollback_then_reconcile() -> Any:
         if os.environ.get("PREFECT_API_URL"):
+            _own_sigterm()
             from orchestrator.flows import rollback_flow as roll_back
         else:
             from orchestrator.moves import roll_back
@@ -639,6 +645,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> tuple[config_module.ShipConfig, Any]:
+    from orchestrator import config as config_module
     from orchestrator.store import Store
     from shiptypes import ScaledClock, WallClock, utcnow
 
@@ -694,6 +701,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
 
 async def _reconciled(ship: Any) -> None:
     """Settle what a stopped ship process left (orchestrator.reconcile), saying what."""
+    _own_sigterm()  # reconcile may resume flows
     from orchestrator.reconcile import reconcile
 
     for o in await reconcile(ship):

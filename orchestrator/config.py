@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -22,6 +21,7 @@ from heartbeat import SOURCES
 from heartbeat.detector import MetricRule
 from orchestrator import boundedyaml
 from orchestrator.notify.pagerduty import PagerDutyConfig
+from orchestrator.problems import ConfigError, Problem, UnknownPipeline
 from orchestrator.slugs import BUILDERS
 from rollout import DRIVERS
 from shiptypes import ProviderConfig, RolloutSettings, Seconds, check_placeholders
@@ -380,33 +380,6 @@ def _require_unique(names: Iterable[str]) -> None:
 
 
 # --- loading, with problems located by file, line and field path ----------------------
-
-
-class UnknownPipeline(LookupError):
-    pass
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    path: str
-    message: str
-    column: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        where += f":{self.column}" if self.line and self.column else ""
-        text = f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
-        # Keys and values come from the file: never let them move the cursor or end the line.
-        return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
-                       for c in text)
-
-
-class ConfigError(Exception):
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 def load(path: Path | str = DEFAULT_FILE) -> ShipConfig:
