@@ -17,13 +17,21 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import CodeType, FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 PARKED_IN_ASYNCIO = {"locks.py", "queues.py"}
 STAGE_THREADS = ("ship-stage", "asyncio_", "ship-ahead")  # where pipeline work runs
+MONDAY = datetime(2026, 11, 16, 9, 0, tzinfo=UTC)
+
+
+@dataclass
+class _Timer:
+    wake: Callable[[], None]
+    cancelled: bool = False
 
 
 class Stuck(RuntimeError):
@@ -33,7 +41,7 @@ class Stuck(RuntimeError):
 class VirtualClock:
     speed = float("inf")
 
-    def __init__(self, origin: datetime) -> None:
+    def __init__(self, origin: datetime = MONDAY) -> None:
         self._now = origin
         self._lock = threading.Lock()
         self._timers: list[tuple[datetime, int, Callable[[], None]]] = []
@@ -54,8 +62,11 @@ class VirtualClock:
         def wake() -> None:
             loop.call_soon_threadsafe(lambda: due.done() or due.set_result(None))
 
-        self._at(seconds, wake)
-        await _clock_wait(due)
+        timer = self._at(seconds, wake)
+        try:
+            await _clock_wait(due)
+        finally:
+            timer.cancelled = True  # a cancelled wait holds time up no more
 
     def sleep(self, seconds: float) -> None:
         if seconds <= 0:
@@ -64,14 +75,18 @@ class VirtualClock:
         self._at(seconds, woken.set)
         _clock_sleep(woken)
 
-    def _at(self, seconds: float, wake: Callable[[], None]) -> None:
+    def _at(self, seconds: float, wake: Callable[[], None]) -> _Timer:
+        timer = _Timer(wake)
         with self._lock:
             due = self._now + timedelta(seconds=seconds)
-            heapq.heappush(self._timers, (due, next(self._order), wake))
+            heapq.heappush(self._timers, (due, next(self._order), timer))
+        return timer
 
     def _advance(self) -> bool:
         """Move to the earliest deadline and wake everything due then. False: none."""
         with self._lock:
+            while self._timers and self._timers[0][2].cancelled:
+                heapq.heappop(self._timers)
             if not self._timers:
                 return False
             self._now = max(self._now, self._timers[0][0])
@@ -79,8 +94,9 @@ class VirtualClock:
             while self._timers and self._timers[0][0] <= self._now:
                 due.append(heapq.heappop(self._timers)[2])
             self.steps += 1
-        for wake in due:
-            wake()
+        for timer in due:
+            if not timer.cancelled:
+                timer.wake()
         return True
 
     async def drive(self, stuck_after_s: float = 600.0) -> None:
@@ -151,9 +167,11 @@ def _busy(me: asyncio.Task | None) -> list[str]:
             in_threads += 1
         elif state != "parked":
             busy.append(f"task {task.get_name()} in {state}")
-    running, parked = _stage_threads()
+    running, parked, idle = _stage_threads()
     busy += [f"thread {name}" for name in running]
-    if not busy and in_threads != parked:
+    if in_threads > parked and idle:
+        # Work handed to the pool and not yet taken, or done and not yet handed back.
+        # With no idle thread it waits for one to be free, which only time brings.
         busy.append(f"{in_threads} task(s) await a thread, {parked} stage thread(s) wait")
     return busy
 
@@ -195,24 +213,23 @@ def _chain(coro: object) -> list[CodeType]:
     return codes
 
 
-def _stage_threads() -> tuple[list[str], int]:
-    """Stage threads at work, and how many threads run a task's work item while waiting for
-    the clock or another thread."""
+def _stage_threads() -> tuple[list[str], int, int]:
+    """Stage threads at work; how many run a task's work item while waiting for the clock
+    or another thread; how many pool threads are idle."""
     names = {t.ident: t.name for t in threading.enumerate()}
-    running, parked = [], 0
+    running, parked, idle = [], 0, 0
     for ident, frame in sys._current_frames().items():
         name = names.get(ident, "")
         if not name.startswith(STAGE_THREADS):
             continue
         codes = _stack(frame)
-        idle_worker = codes[0].co_name == "_worker" and "thread.py" in codes[0].co_filename
-        if idle_worker:
-            continue
-        if any(code in _PARKED_CODES or _waits_for_future(code) for code in codes):
+        if codes[0].co_name == "_worker" and "thread.py" in codes[0].co_filename:
+            idle += 1
+        elif any(code in _PARKED_CODES or _waits_for_future(code) for code in codes):
             parked += not name.startswith("ship-ahead")
-            continue
-        running.append(name)
-    return running, parked
+        else:
+            running.append(name)
+    return running, parked, idle
 
 
 def _stack(frame: FrameType | None) -> list[CodeType]:
