@@ -67,7 +67,8 @@ def run(runner: Runner, work: Coroutine[Any, Any, T]) -> T:
     """Run `work` on the runner's clock, which the test drives: pipeline time stands still
     while the engine works, so every pipeline-time figure below is the same on any
     machine."""
-    return asyncio.run(runner.ship.clock.run(work))
+    clock = runner.ship.clock
+    return asyncio.run(clock.run(work) if isinstance(clock, VirtualClock) else work)
 
 
 def deploy(runner: Runner, n: int, author: str = "ann", watch: bool = True) -> Any:

@@ -47,13 +47,15 @@ class VirtualClock:
         self._timers: list[tuple[datetime, int, Callable[[], None]]] = []
         self._order = itertools.count()
         self.steps = 0
+        self._driven = False  # a drive() runs: time moves only when everything waits
 
     def now(self) -> datetime:
         with self._lock:
             return self._now
 
     async def wait(self, seconds: float) -> None:
-        if seconds <= 0:
+        if seconds <= 0 or not self._driven:
+            self._move(seconds)
             await asyncio.sleep(0)
             return
         loop = asyncio.get_running_loop()
@@ -69,11 +71,23 @@ class VirtualClock:
             timer.cancelled = True  # a cancelled wait holds time up no more
 
     def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
+        if seconds <= 0 or not self._driven:
+            self._move(seconds)
             return
         woken = threading.Event()
         self._at(seconds, woken.set)
         _clock_sleep(woken)
+
+    def _move(self, seconds: float) -> None:
+        """Undriven, whoever waits moves time: a test's own `sleep` between two looks."""
+        if seconds <= 0:
+            return
+        with self._lock:
+            until = self._now + timedelta(seconds=seconds)
+        while self._timers and self._timers[0][0] <= until and self._advance():
+            pass
+        with self._lock:
+            self._now = max(self._now, until)
 
     def _at(self, seconds: float, wake: Callable[[], None]) -> _Timer:
         timer = _Timer(wake)
@@ -99,7 +113,7 @@ class VirtualClock:
                 timer.wake()
         return True
 
-    async def drive(self, stuck_after_s: float = 600.0) -> None:
+    async def _drive(self, stuck_after_s: float) -> None:
         """Advance time whenever everything waits; runs until cancelled. Raises Stuck when
         the loop never rests for `stuck_after_s` real seconds (a generous deadline: it
         means a busy loop, never a slow machine)."""
@@ -119,10 +133,11 @@ class VirtualClock:
             # look holds the interpreter lock the work needs.
             pause = min(0.02, max(0.0005, pause * 2))
 
-    async def run(self, day: Coroutine[Any, Any, T]) -> T:
-        """Run `day` with this clock driven beside it."""
-        driving = asyncio.create_task(self.drive())
-        running = asyncio.ensure_future(day)
+    async def run(self, work: Coroutine[Any, Any, T], stuck_after_s: float = 600.0) -> T:
+        """Run `work` with this clock driven beside it."""
+        self._driven = True
+        driving = asyncio.create_task(self._drive(stuck_after_s))
+        running = asyncio.ensure_future(work)
         try:
             await asyncio.wait({driving, running}, return_when=asyncio.FIRST_COMPLETED)
             if driving.done():
@@ -130,6 +145,7 @@ class VirtualClock:
                 driving.result()
             return await running
         finally:
+            self._driven = False
             driving.cancel()
 
 
