@@ -5,8 +5,10 @@ longer in real time; it never changes what happens in it.
 
 "Everything waits" is read from the loop's tasks and the stage threads' stacks: a task is
 parked when it awaits the clock, an asyncio lock, event, queue or another task; a stage
-thread is parked inside `sleep` or waiting on another thread's future. Anything else (a
-Prefect API call, a store query, a thread between two sleeps) is work, and time waits."""
+thread is parked inside `sleep` or waiting on another stage thread's future. Anything else
+(a Prefect API call, a store query, a thread between two sleeps) is work, and time waits.
+Work in other threads (Prefect's own, a notifier's outbox, a fake vendor) is not seen:
+it must not decide what a pipeline does next."""
 
 from __future__ import annotations
 
@@ -39,15 +41,17 @@ class Stuck(RuntimeError):
 
 
 class VirtualClock:
+    """Driven by `run`; undriven (a test between two runs), whoever waits moves it."""
+
     speed = float("inf")
 
     def __init__(self, origin: datetime = MONDAY) -> None:
         self._now = origin
         self._lock = threading.Lock()
-        self._timers: list[tuple[datetime, int, Callable[[], None]]] = []
+        self._timers: list[tuple[datetime, int, _Timer]] = []
         self._order = itertools.count()
         self.steps = 0
-        self._driven = False  # a drive() runs: time moves only when everything waits
+        self._driven = False  # run() drives it: time moves only when everything waits
 
     def now(self) -> datetime:
         with self._lock:
@@ -84,10 +88,14 @@ class VirtualClock:
             return
         with self._lock:
             until = self._now + timedelta(seconds=seconds)
-        while self._timers and self._timers[0][0] <= until and self._advance():
+        while self._next_due() is not None and self._next_due() <= until and self._advance():
             pass
         with self._lock:
             self._now = max(self._now, until)
+
+    def _next_due(self) -> datetime | None:
+        with self._lock:
+            return self._timers[0][0] if self._timers else None
 
     def _at(self, seconds: float, wake: Callable[[], None]) -> _Timer:
         timer = _Timer(wake)
