@@ -45,7 +45,7 @@ from orchestrator.intake import GitHubIntake, signature
 from orchestrator.release import SHIPPED, State
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship, use
-from orchestrator.store import Release, Store
+from orchestrator.store import PipelineState, Release, Store
 from shiptypes import Clock, Commit, ScaledClock, WallClock
 
 TRAIN, SERIAL = "train", "serial"
@@ -224,16 +224,21 @@ async def on_call(runner: Runner, pipelines: Sequence[str], unlock_after_min: fl
 
 
 async def until_drained(runner: Runner, pipeline: str, clock: Clock, day_end: datetime) -> None:
-    """Wait until the day is over and every merge has shipped, then every watch ended."""
+    """Wait until the day is over, every merge has shipped and every watch ended, and the
+    pipeline is unlocked: a rollback at the end of the day locks it after the last merge
+    went out, and the person on call unlocks it minutes later."""
     store = runner.ship.store
     while True:
-        state = store.pipeline_state(pipeline)
-        if (clock.now() >= day_end and state.pending_merges == 0 and state.in_flight is None
-                and state.rollback is None):
+        if clock.now() >= day_end and _drained(store.pipeline_state(pipeline)):
             await runner.settle(pipeline)
-            if store.pipeline_state(pipeline).pending_merges == 0:
+            if _drained(store.pipeline_state(pipeline)):
                 return
         await clock.wait(30)
+
+
+def _drained(state: PipelineState) -> bool:
+    return (state.pending_merges == 0 and state.in_flight is None and state.rollback is None
+            and state.lock is None)
 
 
 # --- engine overhead ---------------------------------------------------------------------
@@ -292,14 +297,17 @@ class Day:
     breaks: dict[str, set[int]] = field(default_factory=dict)  # releases that broke it
 
 
-async def run_day(options: Options, workdir: Path, calibrate_first: bool = True) -> Day:
+async def run_day(options: Options, workdir: Path, calibrate_first: bool = True,
+                  clock: Clock | None = None) -> Day:
+    """The day, in time scaled by `options.speed` unless a `clock` starting at DAY_START is
+    given (a test's, which stands still while the engine works)."""
     loaded = config.parse(options.pipelines_yaml())
     overhead = None
     if calibrate_first:
         overhead = await calibrate(options.hosts, workdir, options.calibration_releases)
     pipelines = [TRAIN, SERIAL] if options.serial else [TRAIN]
     plan = merge_plan(options)
-    clock = ScaledClock(options.speed, DAY_START)
+    clock = clock or ScaledClock(options.speed, DAY_START)
     store = Store(f"sqlite:///{workdir}/day.db", clock)
     ship = use(Ship(loaded, store, clock, notifiers=[]))
     runner = DayRunner(ship, serial=[SERIAL])

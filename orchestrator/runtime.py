@@ -134,7 +134,7 @@ class Ship:
         self.state_dir = state_dir
         self._notifiers = list(notifiers) if notifiers is not None else None
         self._pipelines: dict[str, PipelineRuntime] = {}
-        self._serving_cache: dict[str, tuple[float, list]] = {}
+        self._serving_cache: dict[str, tuple[datetime | None, list]] = {}
 
     def pipeline(self, name: str) -> PipelineRuntime:
         if name not in self._pipelines:
@@ -231,12 +231,15 @@ class Ship:
         return sent
 
     def serving_at(self, pipeline: str, when: datetime) -> int | None:
-        """The release number the fleet served at `when`, from the live history (cached
-        for a moment: simulated metrics ask once per point)."""
-        fetched_at, history = self._serving_cache.get(pipeline, (0.0, []))
-        if time.monotonic() - fetched_at > 0.2:
+        """The release number the fleet served at `when`, from the live history (simulated
+        metrics ask once per point). A history read at pipeline time T holds every entry
+        since before T (entries are recorded at the pipeline time they begin), so it answers
+        for any earlier moment, however fast or slow the clock runs."""
+        read_at, history = self._serving_cache.get(pipeline, (None, []))
+        if read_at is None or when >= read_at:
+            read_at = self.clock.now()
             history = self.store.live_history(pipeline)
-            self._serving_cache[pipeline] = (time.monotonic(), history)
+            self._serving_cache[pipeline] = (read_at, history)
         serving = [entry.number for entry in history if entry.since <= when]
         return serving[-1] if serving else None
 

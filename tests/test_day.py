@@ -1,5 +1,7 @@
-"""A short workday (one simulated hour at ×300, some seconds of real time) through the real
-intake, flows, store and Prefect engine: what the store says afterwards, never timing."""
+"""A short workday (one simulated hour) through the real intake, flows, store and Prefect
+engine, on a clock the test drives: pipeline time stands still while the engine works, so a
+slow or busy machine makes the day longer in real time and never changes what happens in
+it. What the store says afterwards, never timing."""
 
 from __future__ import annotations
 
@@ -11,36 +13,40 @@ from pathlib import Path
 
 import pytest
 
-from bench.day import SERIAL, TRAIN, Day, Options, figures, run_day
+from bench.day import DAY_START, SERIAL, TRAIN, Day, Options, figures, run_day
 from orchestrator import config
 from orchestrator.release import State
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.store import Release, Store
-from shiptypes import Commit, FleetStatus, ScaledClock
+from shiptypes import Commit, FleetStatus
 from tests.conftest import SIM_PIPELINES
+from tests.virtual_clock import VirtualClock
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 # Release numbers fail by a seeded draw: with these shares and this seed, train#2 fails its
 # synthetics gate and train#5 breaks the heartbeat (then only train#14 fails a gate, of the
 # first 14).
-OPTIONS = Options(hours=1.0, merges=30, burst_hour=None, speed=300.0, gate_fail=0.27,
-                  breach=0.03, unlock_after_min=5.0, redeliver=0.2, in_flight=1, seed=1358)
+OPTIONS = Options(hours=1.0, merges=30, burst_hour=None, gate_fail=0.27, breach=0.03,
+                  unlock_after_min=5.0, redeliver=0.2, in_flight=1, seed=1358)
+
+
+def run_virtual_day(options: Options, workdir: Path) -> Day:
+    clock = VirtualClock(DAY_START)
+    return asyncio.run(clock.run(run_day(options, workdir, calibrate_first=False, clock=clock)))
 
 
 @pytest.fixture(scope="module")
 def day(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Day:
-    workdir: Path = tmp_path_factory.mktemp("day")
-    return asyncio.run(run_day(OPTIONS, workdir, calibrate_first=False))
+    return run_virtual_day(OPTIONS, tmp_path_factory.mktemp("day"))
 
 
 @pytest.fixture(scope="module")
 def wide_day(tmp_path_factory: pytest.TempPathFactory, prefect_api: str) -> Day:
     """The same hour with room for 8 releases in flight, the train policy only."""
-    workdir: Path = tmp_path_factory.mktemp("wide-day")
     options = Options(**{**vars(OPTIONS), "in_flight": 8, "serial": False})
-    return asyncio.run(run_day(options, workdir, calibrate_first=False))
+    return run_virtual_day(options, tmp_path_factory.mktemp("wide-day"))
 
 
 def test_releases_side_by_side_ship_every_merge_once_in_order(wide_day: Day) -> None:
@@ -145,7 +151,7 @@ def test_a_rollback_during_a_promotion_takes_the_fleet_and_halts_it(tmp_path: Pa
     us = loaded.pipeline("us")
     slow = us.model_copy(update={"fleet": us.fleet.model_copy(update={"fetch": 300.0})})
     loaded = loaded.model_copy(update={"pipelines": {"us": slow}})
-    clock = ScaledClock(120.0)
+    clock = VirtualClock(DAY_START)
     store = Store(f"sqlite:///{tmp_path}/ship.db", clock)
     runner = Runner(use(Ship(loaded, store, clock, notifiers=[])))
 
@@ -169,7 +175,7 @@ def test_a_rollback_during_a_promotion_takes_the_fleet_and_halts_it(tmp_path: Pa
         await asyncio.gather(*rolling)
         await runner.settle("us")
 
-    asyncio.run(three_releases())
+    asyncio.run(clock.run(three_releases()))
     third = store.release_by_number("us", 3)
     assert third.state == State.HALTED and third.halted_by == "rollback"
     assert "taken over by release #1" in third.reason

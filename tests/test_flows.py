@@ -4,8 +4,9 @@ simulated providers told when to fail."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -16,11 +17,11 @@ from orchestrator.report import stage_seconds
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.store import Store
-from shiptypes import Commit, ScaledClock
+from shiptypes import Commit
 from tests.conftest import SIM_PIPELINES
+from tests.virtual_clock import VirtualClock
 
-SPEED = 60.0  # one real second is a pipeline minute
-
+T = TypeVar("T")
 
 class Recorder:
     """A notifier that keeps what it was told (and can be told to break)."""
@@ -53,7 +54,7 @@ def world(tmp_path: Path, change: dict[str, Any] | None = None,
             target = target[int(part)] if isinstance(target, list) else target[part]
         target[leaf] = value
     loaded = config.ShipConfig.model_validate({"pipelines": {"us": us}})
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()
     store = Store(f"sqlite:///{tmp_path}/ship.db", clock)
     recorder = Recorder()
     use(Ship(loaded, store, clock, notifiers=[recorder, *(notifiers or [])]))
@@ -62,9 +63,17 @@ def world(tmp_path: Path, change: dict[str, Any] | None = None,
     return Runner(current()), store, recorder
 
 
+def run(runner: Runner, work: Coroutine[Any, Any, T]) -> T:
+    """Run `work` on the runner's clock, which the test drives: pipeline time stands still
+    while the engine works, so every pipeline-time figure below is the same on any
+    machine."""
+    clock = runner.ship.clock
+    return asyncio.run(clock.run(work) if isinstance(clock, VirtualClock) else work)
+
+
 def deploy(runner: Runner, n: int, author: str = "ann", watch: bool = True) -> Any:
     commit = Commit(f"{n:040x}", author, f"change {n}", runner.ship.clock.now())
-    return asyncio.run(_deploy_and_settle(runner, commit, watch))
+    return run(runner, _deploy_and_settle(runner, commit, watch))
 
 
 async def _deploy_and_settle(runner: Runner, commit: Commit, watch: bool) -> Any:
@@ -118,8 +127,6 @@ def test_a_gate_that_errors_fails_closed(tmp_path: Path) -> None:
 
 
 def test_ci_runs_beside_the_build_and_gates_run_concurrently(tmp_path: Path) -> None:
-    # Long enough that the engine's own real-time cost (×60 here) stays well inside the
-    # margin between concurrent (about 210 pipeline seconds) and serial work.
     runner, store, _ = world(tmp_path, {"build.duration": 120, "ci.duration": 120,
                                         "gates.0.duration": 90, "gates.1.duration": 90})
     release = store.release(deploy(runner, 1, watch=False).release.id)
@@ -151,7 +158,7 @@ def test_a_breach_rolls_back_locks_and_refuses_deploys_until_unlocked(tmp_path: 
     assert "auto-rollback" in refused.reason
     assert store.pipeline_state("us").pending_merges == 1  # the merge waits, not lost
     store.unlock("us", "carol", "fixed")
-    third = asyncio.run(runner.ship_next("us", "carol"))
+    third = run(runner, runner.ship_next("us", "carol"))
     assert third.release.state == State.DONE
     assert [c.author for c in third.release.commits] == ["dave"]
 
@@ -195,11 +202,11 @@ def test_a_manual_rollback_goes_to_the_chosen_release_and_locks(tmp_path: Path) 
     runner, store, _ = world(tmp_path)
     first = deploy(runner, 1).release
     deploy(runner, 2)
-    outcome = asyncio.run(runner.rollback("us", "bob", "bad copy", to_number=1))
+    outcome = run(runner, runner.rollback("us", "bob", "bad copy", to_number=1))
     assert outcome.won and outcome.target == 1
     state = store.pipeline_state("us")
     assert state.live.id == first.id and state.lock.owner == "bob" and not state.lock.auto
-    again = asyncio.run(runner.rollback("us", "bob", "again", to_number=5))
+    again = run(runner, runner.rollback("us", "bob", "again", to_number=5))
     assert not again.won and again.bad_input and "no release #5" in again.reason
 
 
@@ -212,7 +219,7 @@ def test_racing_rollbacks_run_once_and_the_loser_is_told(tmp_path: Path) -> None
         return await asyncio.gather(runner.rollback("us", "alice", "x", to_number=1),
                                     runner.rollback("us", "bob", "y", to_number=1))
 
-    outcomes = asyncio.run(race())
+    outcomes = run(runner, race())
     assert sorted(o.won for o in outcomes) == [False, True]
     winner = next(o for o in outcomes if o.won)
     loser = next(o for o in outcomes if not o.won)
@@ -244,7 +251,7 @@ def test_releases_in_flight_side_by_side_ship_in_order(tmp_path: Path) -> None:
         await train
         await runner.settle("us")
 
-    asyncio.run(three_merges())
+    run(runner, three_merges())
     releases = sorted(store.releases("us"), key=lambda r: r.number)
     assert [len(r.commits) for r in releases] == [1, 1, 1]  # nobody waited for a place
     first_live = releases[0].entered(State.LIVE) or releases[0].entered(State.SUPERSEDED)
@@ -274,7 +281,7 @@ def test_releases_in_flight_build_at_once_not_queued_for_threads(tmp_path: Path)
         await runner.kick("us")
         await runner.settle("us")
 
-    asyncio.run(twelve_merges())
+    run(runner, twelve_merges())
     releases = store.releases("us")
     assert len(releases) == 12
     # A build ends in pre-prod, or superseded when a newer release got to the fleet first;
@@ -317,7 +324,7 @@ def test_while_locked_releases_go_to_the_door_and_the_newest_ships_at_unlock(
         await train
         await runner.settle("us")
 
-    asyncio.run(merges_behind_a_lock())
+    run(runner, merges_behind_a_lock())
     first, second = store.release_by_number("us", 1), store.release_by_number("us", 2)
     assert first.state == State.SUPERSEDED and "#2, newer" in first.reason
     assert first.entered(State.SUPERSEDED) < second.entered(State.READY)  # not at unlock
@@ -338,6 +345,6 @@ def test_while_locked_halt_starts_nothing_until_unlocked(tmp_path: Path) -> None
                                         runner.ship.clock.now()))
         await runner.kick("us")
 
-    asyncio.run(merge_behind_a_lock())
+    run(runner, merge_behind_a_lock())
     assert store.releases("us") == [] and store.pipeline_state("us").pending_merges == 1
     assert "refused" in recorder.kinds()

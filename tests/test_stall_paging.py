@@ -14,10 +14,11 @@ from orchestrator import config
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.store import Store
-from shiptypes import Commit, ScaledClock
+from shiptypes import Commit
 from tests.conftest import SIM_PIPELINES
 from tests.fakehttp import FakeServer, Reply
 from tests.test_flows import Recorder
+from tests.virtual_clock import VirtualClock
 
 ROUTING_KEY = "R0UT1NGKEY-very-secret-123"
 GITHUB_TOKEN = "ghp_secret_token_never_shown"
@@ -42,7 +43,7 @@ def test_three_halts_page_once_and_a_pass_resolves_without_leaking_secrets(
                         [Reply(status=500, json={"status": "unavailable"}),
                          Reply(status=202, json={"status": "success", "dedup_key": "x"})])
         loaded = config.parse(_pipelines(pagerduty.url))
-        clock = ScaledClock(60)
+        clock = VirtualClock()
         store = Store(f"sqlite:///{tmp_path}/ship.db", clock)
         ship = use(Ship(loaded, store, clock,
                         env={"PAGERDUTY_ROUTING_KEY": ROUTING_KEY, "GITHUB_TOKEN": GITHUB_TOKEN}))
@@ -56,7 +57,7 @@ def test_three_halts_page_once_and_a_pass_resolves_without_leaking_secrets(
             await runner.settle("us")
 
         for n in (1, 2, 3, 4):
-            asyncio.run(deploy(n))
+            asyncio.run(clock.run(deploy(n)))
         assert ship.close_notifiers(timeout=10)
 
         sent = [r.json() for r in pagerduty.requests_to("/v2/enqueue")]

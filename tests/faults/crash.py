@@ -144,7 +144,7 @@ class CrashWorld:
         return answer
 
     def kill_when(self, process: subprocess.Popen[bytes], moment: Callable[[], bool],
-                  what: str, timeout: float = 60) -> list[dict[str, Any]]:
+                  what: str, timeout: float = 120) -> list[dict[str, Any]]:
         """SIGKILL the process at the moment; returns the hosts' statuses at the kill."""
         def reached() -> bool:
             if process.poll() is not None:
@@ -177,7 +177,7 @@ class CrashWorld:
                                   hosts=2, workers=2)
         return LocalFleet(config, RolloutSettings(), self.context).observe()
 
-    def settled_hosts(self, timeout: float = 30) -> list[dict[str, Any]]:
+    def settled_hosts(self, timeout: float = 120) -> list[dict[str, Any]]:
         """Every host's status once none is mid-restart."""
         def idle() -> list[dict[str, Any]] | None:
             statuses = self.fleet.statuses()
@@ -306,7 +306,7 @@ def kill_a_host_agent(world: CrashWorld) -> HostKilled:
     return HostKilled(code, load, started_before, world.fleet.statuses()[0]["started_at"])
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30,
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 120,
              every: float = 0.05) -> Any:
     """Poll until `check()` is truthy; the deadline only guards against a hang."""
     deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ from orchestrator.release import State
 from orchestrator.runner import Runner
 from orchestrator.store import Store
 from tests.faults.conftest import left_at, lost_claim, restart
-from tests.test_flows import deploy, world
+from tests.test_flows import deploy, run, world
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -31,7 +31,7 @@ def settled(runner: Runner, **options: Any) -> list[Any]:
         await runner.settle("us")
         return outcomes
 
-    return asyncio.run(go())
+    return run(runner, go())
 
 
 def kinds(store: Store, release_id: int) -> list[str]:
@@ -363,7 +363,7 @@ def test_the_watchdog_of_a_serving_process_pages_while_it_runs(tmp_path: Path) -
         await reconcile(runner.ship, runner)  # with a runner: the watchdog keeps checking
         await runner.ship.clock.wait(90)
 
-    asyncio.run(serve_a_while())
+    run(runner, serve_a_while())
     assert [n.kind for n in recorder.notices].count("stall") == 1
 
 
@@ -395,11 +395,11 @@ def test_trouble_on_one_pipeline_leaves_the_others_settled_and_is_retried(
         tmp_path: Path) -> None:
     from orchestrator import config
     from orchestrator.runtime import Ship, use
-    from shiptypes import ScaledClock
     from tests.conftest import SIM_PIPELINES
     from tests.test_flows import Recorder
+    from tests.virtual_clock import VirtualClock
 
-    clock = ScaledClock(60)
+    clock = VirtualClock()
     store = Store(f"sqlite:///{tmp_path}/ship.db", clock)
     ship = use(Ship(config.parse(SIM_PIPELINES), store, clock, notifiers=[Recorder()]))
     us, eu = left_at(store, 1, State.PROMOTING, "us"), left_at(store, 1, State.BUILDING, "eu")
@@ -408,11 +408,11 @@ def test_trouble_on_one_pipeline_leaves_the_others_settled_and_is_retried(
     fleet = ship.pipeline("us").fleet
     ship.pipeline("us").fleet = UnreachableFleet()
 
-    outcomes = asyncio.run(reconcile(ship))
+    outcomes = asyncio.run(clock.run(reconcile(ship)))
 
     assert {(o.pipeline, o.action) for o in outcomes} == {("us", "error"), ("eu", "failed")}
     assert store.release(us.id).state == State.PROMOTING
     assert any("reconcile failed: ConnectionError" in e.message for e in store.events("us"))
     ship.pipeline("us").fleet = fleet  # the fleet answers again: the next reconcile settles it
-    [again] = asyncio.run(reconcile(ship))
+    [again] = asyncio.run(clock.run(reconcile(ship)))
     assert again.action == "halted" and "its flow run ended failed" in again.detail

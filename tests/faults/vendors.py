@@ -18,9 +18,9 @@ from orchestrator import config
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship, use
 from orchestrator.store import Store
-from shiptypes import ScaledClock
 from tests.conftest import SIM_PIPELINES
 from tests.fakehttp import FakeServer, Reply, Request
+from tests.virtual_clock import VirtualClock
 
 VENDORS = ("slack", "pagerduty", "github", "github_ci", "datadog")
 FAULTS = ("500", "429", "timeout", "slow", "malformed")
@@ -29,7 +29,6 @@ REQUEST_TIMEOUT = 0.3  # real seconds every client is given here
 ENV = {"SLACK_BOT_TOKEN": "xoxb-faults-token-0123456789", "PAGERDUTY_ROUTING_KEY": "R0UTINGKEY42",
        "GITHUB_TOKEN": "ghp_faultstoken0123456789", "DD_API_KEY": "dd-api-faults",
        "DD_APP_KEY": "dd-app-faults"}
-SPEED = 60.0
 RATE_PER_WINDOW = 1000 / 6  # 1000 a minute, in 10-second windows
 
 
@@ -129,6 +128,10 @@ def pipelines(url: str, ci: bool = False, datadog: bool = False,
     if datadog:
         us["heartbeat"]["source"] = {"type": "datadog", "host": url, "timeout": REQUEST_TIMEOUT}
         us["heartbeat"]["metrics"][0]["query"] = "sum:messages.created{region:{region}}"
+        # Windows twice the fake's 10 s buckets: every look holds a whole bucket wherever
+        # the release went live. One bucket long, a watch's first look finds none unless
+        # the release went live on a bucket's edge (a real Datadog does the same).
+        us["heartbeat"]["window"] = "20s"
     if breach:
         us["heartbeat"]["source"]["breach_releases"] = breach
     return {"version": 1, "pipelines": {"us": us}}
@@ -138,7 +141,7 @@ def vendor_world(workdir: Path, url: str, **options: Any) -> tuple[Runner, Store
     """A Ship whose notifiers are the ones pipelines.yaml asks for; the config file too."""
     path = workdir / "pipelines.yaml"
     path.write_text(yaml.safe_dump(pipelines(url, **options)))
-    clock = ScaledClock(SPEED)
+    clock = VirtualClock()  # driven by tests.test_flows.run: deploy() uses it
     store = Store(f"sqlite:///{workdir}/ship.db", clock)
     ship = Ship(config.load(path), store, clock, env=ENV, state_dir=workdir / ".ship")
     return Runner(use(ship)), store, path

@@ -19,7 +19,7 @@ APP = Path(__file__).resolve().parents[2] / "examples" / "app"
 T = TypeVar("T")
 
 
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) -> T:
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 120.0) -> T:
     """Poll until `check` answers something truthy; the deadline only guards against a hang."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -30,7 +30,7 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) ->
     raise AssertionError(f"gave up waiting for {what}")
 
 
-def wait_done(fleet: LocalFleet, timeout: float = 30.0) -> FleetStatus:
+def wait_done(fleet: LocalFleet, timeout: float = 120.0) -> FleetStatus:
     return wait_for(lambda: (status := fleet.observe()).done and status, "the fleet", timeout)
 
 

@@ -32,7 +32,7 @@ CHANNEL_ID = "C0DEPLOYS"
 SPEED = 60.0  # a real second is a pipeline minute
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+def wait_for(check: Callable[[], Any], what: str, timeout: float = 120.0) -> Any:
     """Poll until `check()` is truthy; its value. A bounded wait, not a timing assert."""
     deadline = time.monotonic() + timeout
     while True:
@@ -78,7 +78,7 @@ class Serving:
             [sys.executable, "-m", "orchestrator.cli", "--config", "pipelines.yaml",
              "--speed", str(SPEED), "serve", "--port", "0", *args],
             cwd=tmp_path, env=env, stdout=self._log, stderr=subprocess.STDOUT)
-        self.url = wait_for(self._listening, "ship serve to listen", timeout=60)
+        self.url = wait_for(self._listening, "ship serve to listen", timeout=120)
         self.store = Store(self.db_url)
         self._deliveries = itertools.count(1)
 

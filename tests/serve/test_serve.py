@@ -83,7 +83,7 @@ def test_merges_during_a_release_ride_the_next_one_exactly_once(
         assert state.pending_merges == 20
         store.set_hold(pipeline, None, actor="test")
     for pipeline in ("us", "eu"):
-        wait_for(lambda p=pipeline: shipped(store, p, 2), f"{pipeline}#2 to ship", timeout=45)
+        wait_for(lambda p=pipeline: shipped(store, p, 2), f"{pipeline}#2 to ship", timeout=120)
         assert [c.sha for c in store.release_by_number(pipeline, 1).commits] == [sha(0)]
         second = store.release_by_number(pipeline, 2)
         assert sorted(c.sha for c in second.commits) == sorted(train)
@@ -98,7 +98,7 @@ def test_merges_during_a_release_ride_the_next_one_exactly_once(
     overlap = server.github(push([train[6], sha(99)], author="cy"))
     assert overlap.json()["pipelines"]["us"] == {"queued": 1, "duplicate": 1}
     for pipeline in ("us", "eu"):
-        wait_for(lambda p=pipeline: shipped(store, p, 3), f"{pipeline}#3 to ship", timeout=45)
+        wait_for(lambda p=pipeline: shipped(store, p, 3), f"{pipeline}#3 to ship", timeout=120)
         assert [c.sha for c in store.release_by_number(pipeline, 3).commits] == [sha(99)]
         counts = Counter(merged_shas(store, pipeline))
         assert set(counts) == {sha(0), sha(99), *train}

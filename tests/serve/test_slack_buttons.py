@@ -44,9 +44,9 @@ def server(tmp_path_factory: pytest.TempPathFactory, prefect_api: str,
     try:
         for n in (1, 2):
             serving.github(push([sha(n, "slack")], author="ann"))
-            wait_for(lambda n=n: shipped(serving, n), f"us#{n} to ship", timeout=45)
+            wait_for(lambda n=n: shipped(serving, n), f"us#{n} to ship", timeout=120)
         # Its watch over, nothing moves on its own: a test can tell what a press changed.
-        wait_for(lambda: watched(serving, 2), "us#2's watch to end", timeout=45)
+        wait_for(lambda: watched(serving, 2), "us#2's watch to end", timeout=120)
         yield serving
     finally:
         serving.stop()

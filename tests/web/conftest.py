@@ -117,7 +117,7 @@ def serving(ship: Ship, runner: Runner | None = None) -> Iterator[Served]:
     thread = threading.Thread(target=loop.run_until_complete, args=(server.serve(),),
                               name="ship-web", daemon=True)
     thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 120
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("the web UI did not start")

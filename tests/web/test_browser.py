@@ -224,7 +224,7 @@ def test_a_slow_rollback_answers_at_once_and_goes_on_on_the_servers_loop(
     answer = client.post(served.url + "/pipelines/us/rollback",
                          data={"csrf": csrf, "to": str(target.number)}, timeout=30)
     assert f"rollback to us#{target.number} started by carol; us is locked" in answer.text
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120
     while (store.pipeline_state("us").rollback is not None
            or len(store.rollbacks("us")) == earlier):
         assert time.monotonic() < deadline, "the rollback never finished"
