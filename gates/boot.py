@@ -5,26 +5,45 @@ With a `command`, the gate starts the release itself (a shell command template s
 `expect_status`, then stops what it started. Without one, pre-prod is already deployed and
 the gate only polls. A release that exits or never answers healthy fails the gate, with the
 last lines of its output.
+
+In a pipeline with `app:` and no `command`, the gate boots the app itself, before pre-prod
+is touched: the release's slug unpacked in a scratch directory, the app's own command run as
+a host's agent runs it (rollout/instance.py: a listening socket at fd 3, its private port),
+and `health.path` asked on that port. A release whose app cannot boot healthy never
+disturbs pre-prod, and is halted by the gate named `boot`.
 """
 
 from __future__ import annotations
 
+import shlex
+import socket
+import sys
+import tarfile
+import tempfile
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import requests
-from pydantic import Field, field_validator
+from pydantic import Field, PrivateAttr, field_validator
 
 from gates.support import GateError, GuardedGate, Process, check_template, render
+from rollout.agent import AppSpec
 from shiptypes import (
+    Clock,
     GateResult,
     Link,
     PreprodTarget,
     ProviderConfig,
     ReleaseRef,
     Seconds,
+    WallClock,
 )
+
+APP_POLL_S = 0.1
 
 
 class BootGateConfig(ProviderConfig):
@@ -39,6 +58,9 @@ class BootGateConfig(ProviderConfig):
     request_timeout: float = Field(5.0, gt=0, le=600,
                                    description="real seconds for one health poll")
     tail_lines: int = Field(40, ge=1, le=10_000)
+    # The pipeline's `app:` (orchestrator.config.AppConfig), set by the pipeline when this
+    # gate has no command of its own.
+    _app: Any = PrivateAttr(None)
 
     @field_validator("command")
     @classmethod
@@ -47,7 +69,14 @@ class BootGateConfig(ProviderConfig):
 
 
 class BootGate(GuardedGate[BootGateConfig]):
+    @property
+    def before_preprod(self) -> bool:
+        """Whether the release flow runs this gate before it deploys pre-prod."""
+        return self.config._app is not None
+
     def check(self, release: ReleaseRef, target: PreprodTarget) -> GateResult:
+        if self.config._app is not None:
+            return self._boot_app(release)
         if not target.base_url:
             raise GateError(f"pre-prod target {target.name} has no URL to check")
         url = target.base_url.rstrip("/") + self.config.path
@@ -57,9 +86,24 @@ class BootGate(GuardedGate[BootGateConfig]):
         with Process(command, env=self._context.env, cwd=self.config.cwd) as process:
             return self._await_health(url, process)
 
-    def _await_health(self, url: str, process: Process | None) -> GateResult:
-        clock, config = self._context.clock, self.config
-        deadline = clock.now() + timedelta(seconds=config.timeout)
+    def _boot_app(self, release: ReleaseRef) -> GateResult:
+        spec = AppSpec.load(self.config._app.agent_spec())
+        with tempfile.TemporaryDirectory(prefix="ship-boot-") as scratch:
+            where = unpack_slug(release, Path(scratch))
+            with AppBoot(spec, release, where, self._context.env) as boot:
+                # The app's health timeout bounds a real process, as on the hosts: real
+                # seconds, polled briskly.
+                return self._await_health(boot.health_url(spec.health_path), boot.process,
+                                          (WallClock(), spec.health_timeout, APP_POLL_S))
+
+    def _await_health(self, url: str, process: Process | None,
+                      timing: tuple[Clock, float, float] | None = None) -> GateResult:
+        """Polls `url` until healthy; `timing` is (clock, timeout, interval), by default
+        the gate's own in pipeline time."""
+        config = self.config
+        clock, timeout, interval = timing or (self._context.clock, config.timeout,
+                                              config.interval)
+        deadline = clock.now() + timedelta(seconds=timeout)
         last = "no answer yet"
         with requests.Session() as session:
             while True:
@@ -74,8 +118,8 @@ class BootGate(GuardedGate[BootGateConfig]):
                 left = (deadline - clock.now()).total_seconds()
                 if left <= 0:
                     return self._failed(f"{url} did not answer {config.expect_status} within "
-                                        f"{config.timeout:g}s (last: {last})", url, process)
-                clock.sleep(min(config.interval, left))
+                                        f"{timeout:g}s (last: {last})", url, process)
+                clock.sleep(min(interval, left))
 
     def _failed(self, summary: str, url: str, process: Process | None) -> GateResult:
         tail = process.tail(self.config.tail_lines) if process else ""
@@ -91,3 +135,84 @@ def _health(session: requests.Session, url: str, timeout: float) -> int | str:
         return f"no answer within {timeout:g}s"
     except requests.RequestException as error:
         return f"cannot connect ({type(error).__name__})"
+
+
+# --- booting an app's slug on this machine ----------------------------------------------------
+
+# Puts the N sockets given at fds 3, 4, … (copies first, above the targets, so that no copy
+# lands on a target) and runs the app as systemd would: LISTEN_FDS=N, LISTEN_PID its own pid.
+PLACE_AND_RUN = """\
+import fcntl, os, sys
+n = int(sys.argv[1])
+fds = [int(fd) for fd in sys.argv[2:2 + n]]
+copies = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + n) for fd in fds]
+for fd in fds:
+    os.close(fd)
+for offset, copy in enumerate(copies):
+    os.dup2(copy, 3 + offset)
+    os.close(copy)
+os.environ["LISTEN_FDS"] = str(n)
+os.execvp("sh", ["sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh",
+                 *sys.argv[2 + n:]])
+"""
+
+
+def unpack_slug(release: ReleaseRef, into: Path) -> Path:
+    """The release's slug (a local file: the `tarball` or `git` build's local store),
+    unpacked under `into`."""
+    uri = release.slug.uri if release.slug else ""
+    parts = urlsplit(uri)
+    if parts.scheme != "file":
+        raise GateError(f"the boot gate boots slugs on this machine only (file://), not "
+                        f"{uri or 'a release without a slug'}")
+    where = into / "release"
+    try:
+        with tarfile.open(url2pathname(parts.path), mode="r:gz") as tar:
+            tar.extractall(where, filter="data")
+    except (tarfile.TarError, OSError) as error:
+        raise GateError(f"cannot unpack slug {release.slug.id}: {error}") from None
+    return where
+
+
+class AppBoot:
+    """The app's command run in the unpacked slug as a host's agent runs it: the shared
+    listening socket at fd 3 and, unless the app binds {port} itself, its private one at
+    fd 4; SHIP_RELEASE, SHIP_SHA and PORT in its environment."""
+
+    def __init__(self, spec: AppSpec, release: ReleaseRef, where: Path,
+                 env: Mapping[str, str]) -> None:
+        self.shared = _listener()
+        self.private = None if spec.binds_port else _listener()
+        self.port = _free_port() if self.private is None else self.private.getsockname()[1]
+        shared_port = self.shared.getsockname()[1]
+        self.health_port = shared_port if spec.health_port == "shared" else self.port
+        fds = [self.shared.fileno()] + ([self.private.fileno()] if self.private else [])
+        runner = [sys.executable, "-c", PLACE_AND_RUN, str(len(fds)), *map(str, fds),
+                  *spec.argv(self.port)]
+        app_env = {**env, **spec.env, "SHIP_RELEASE": release.name, "SHIP_SHA": release.sha,
+                   "PORT": str(self.port)}
+        self.process = Process(shlex.join(runner), env=app_env, cwd=where, pass_fds=fds)
+
+    def health_url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.health_port}{path}"
+
+    def __enter__(self) -> AppBoot:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.process.close()
+        self.shared.close()
+        if self.private is not None:
+            self.private.close()
+
+
+def _listener() -> socket.socket:
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.set_inheritable(True)
+    return listener
+
+
+def _free_port() -> int:
+    """A port for an app that binds its own ({port}), as the agent picks one."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        return probe.getsockname()[1]

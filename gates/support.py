@@ -220,13 +220,14 @@ class Process:
     """A shell command in its own process group, its output (stdout and stderr
     interleaved) kept in a file so a chatty process can never block on a full pipe."""
 
-    def __init__(self, command: str, *, env: Mapping[str, str], cwd: Path | None) -> None:
+    def __init__(self, command: str, *, env: Mapping[str, str], cwd: Path | None,
+                 pass_fds: Iterable[int] = ()) -> None:
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         try:
             self._proc = subprocess.Popen(
                 command, shell=True, cwd=cwd, env={**os.environ, **env},
                 stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, pass_fds=tuple(pass_fds))
         except OSError as error:
             self._log.close()
             raise GateError(f"cannot start the command: {error.strerror}") from None

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 
 from gates import GATES
+from gates.boot import BootGateConfig
 from heartbeat import SOURCES
 from heartbeat.detector import MetricRule
 from orchestrator import boundedyaml
@@ -251,6 +252,14 @@ class Pipeline(ProviderConfig):
     @model_validator(mode="after")
     def _unique_gates(self) -> Pipeline:
         _require_unique([g.name for g in self.gates] + ([self.ci.name] if self.ci else []))
+        return self
+
+    @model_validator(mode="after")
+    def _boot_the_app(self) -> Pipeline:
+        """A boot gate with no command of its own boots the pipeline's app (gates.boot)."""
+        for gate in self.gates:
+            if isinstance(gate, BootGateConfig) and gate.command is None:
+                gate._app = self.app
         return self
 
     @model_validator(mode="after")

@@ -59,18 +59,17 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None,
     if superseded := _superseded(rt, release_id):
         return superseded
     _stage(rt, release_id, State.PREPROD)
+    early = [g for g in rt.gates if getattr(g, "before_preprod", False)]
+    if halted := await _run_gates(rt, release_id, early):
+        return halted
     trouble = await preprod_task(rt.name, release_id)
     if trouble:
         return await _halt(rt, release_id, "preprod", trouble)
     if superseded := _superseded(rt, release_id):
         return superseded
     _stage(rt, release_id, State.GATING)
-    results = await asyncio.gather(*(gate_task(rt.name, release_id, g.name) for g in rt.gates),
-                                   *([ci] if ci else []))
-    failed = [r for r in results if not r.passed]
-    if failed:
-        return await _halt(rt, release_id, "gate", "; ".join(f"{r.gate}: {r.summary}"
-                                                             for r in failed))
+    if halted := await _run_gates(rt, release_id, [g for g in rt.gates if g not in early], ci):
+        return halted
     _resolve_stall(rt, release_id)
     refusal = await _begin_promotion(rt, release_id, wait_out_lock)
     if refusal:
@@ -79,6 +78,19 @@ async def _drive(rt: PipelineRuntime, release_id: int, ci: asyncio.Task | None,
     if trouble:
         return await halt_promotion(rt, release_id, trouble)
     return went_live(rt, release_id)
+
+
+async def _run_gates(rt: PipelineRuntime, release_id: int, gates: list,
+                     ci: asyncio.Task | None = None) -> State | None:
+    """Run gates concurrently (with CI, when given): the release halted by those that
+    failed, or None when all passed."""
+    results = await asyncio.gather(*(gate_task(rt.name, release_id, g.name) for g in gates),
+                                   *([ci] if ci else []))
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return None
+    return await _halt(rt, release_id, "gate", "; ".join(f"{r.gate}: {r.summary}"
+                                                         for r in failed))
 
 
 def went_live(rt: PipelineRuntime, release_id: int, detail: str | None = None,

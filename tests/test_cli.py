@@ -39,6 +39,22 @@ def test_validate_accepts_the_root_file(env: dict[str, str]) -> None:
     assert "3 pipeline(s)" in result.stdout
 
 
+def test_validate_accepts_the_service_example_and_refuses_an_env_the_agent_owns(
+        env: dict[str, str], tmp_path: Path) -> None:
+    example = ROOT / "examples/service/pipelines.yaml"
+    result = ship("validate", str(example), env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "service (local)" in result.stdout
+    bad = tmp_path / "service.yaml"
+    text = example.read_text().replace("env: {PYTHONPATH: vendor}", "env: {SHIP_SHA: fixed}")
+    bad.write_text(text)
+    result = ship("validate", str(bad), env=env, cwd=tmp_path)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "SHIP_SHA: fixed" in x)
+    assert result.returncode == 2
+    assert f"service.yaml:{line}: pipelines.service.app.env" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_validate_reports_every_problem_with_line_and_no_traceback(
         env: dict[str, str], tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"

@@ -394,3 +394,45 @@ def test_every_number_in_the_schema_is_bounded_both_ways() -> None:
 
     walk(config.json_schema(), "")
     assert unbounded == []
+
+
+# --- the app the hosts run (`app:`) ---------------------------------------------------------
+
+APP = "    app: {command: 'gunicorn -w 2 app:app', health: {path: /healthz, timeout: 20s}}\n"
+WITH_APP = _variant("    rollout:", APP + "    rollout:")
+
+
+@pytest.mark.parametrize("old, new, expected", [
+    ("'gunicorn -w 2 app:app'", "'node server.js {prot}'", ["app.command", "prot"]),
+    ("path: /healthz", "path: healthz", ["app.health.path", "pattern"]),
+    ("path: /healthz", "path: 'http://x/healthz'", ["app.health.path", "pattern"]),
+    ("timeout: 20s", "timeout: soon", ["app.health.timeout", "not a duration"]),
+    ("timeout: 20s", "timeout: -5s", ["app.health.timeout", "negative"]),
+    ("timeout: 20s}", "timeout: 20s}, env: {SHIP_SHA: abc}", ["app.env", "SHIP_SHA"]),
+    ("timeout: 20s}", "timeout: 20s}, env: {LISTEN_FDS: '1'}", ["app.env", "LISTEN_FDS"]),
+    ("timeout: 20s}", "timeout: 20s}, env: {'BAD NAME': x}", ["app.env", "BAD NAME"]),
+    ("'gunicorn -w 2 app:app'", "'gunicorn \"app:app'", ["app.command", "cannot split"]),
+])
+def test_app_problems_are_refused_naming_the_field(old: str, new: str,
+                                                   expected: list[str]) -> None:
+    assert old in WITH_APP, old
+    with pytest.raises(config.ConfigError) as caught:
+        config.parse(WITH_APP.replace(old, new, 1))
+    message = str(caught.value)
+    assert f"pipelines.us.{expected[0]}" in message and expected[1] in message, message
+    assert "pipelines.yaml:13" in message, message  # the app's line
+
+
+def test_app_durations_parse_and_a_boot_gate_without_command_boots_the_app() -> None:
+    text = WITH_APP.replace("{type: sim, name: boot, duration: 20s}", "{type: boot}")
+    pipeline = config.parse(text).pipeline("us")
+    assert pipeline.app is not None and pipeline.app.health.timeout == 20.0
+    boot = pipeline.gates[0]
+    assert boot._app is pipeline.app
+    assert config.parse(VALID.replace("{type: sim, name: boot, duration: 20s}",
+                                      "{type: boot}")).pipeline("us").gates[0]._app is None
+
+
+def test_the_service_example_validates() -> None:
+    pipeline = config.load(ROOT / "examples/service/pipelines.yaml").pipeline("service")
+    assert pipeline.app is not None and pipeline.gates[0]._app is pipeline.app
