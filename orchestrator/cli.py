@@ -13,6 +13,7 @@ import contextlib
 import getpass
 import hashlib
 import json
+import logging
 import math
 import os
 import signal
@@ -184,6 +185,9 @@ def _prefect_stops() -> tuple[type[BaseException], ...]:
 
 def _stopped(signum: int) -> int:
     name = signal.Signals(signum).name
+    # The line below is the last the person reads: Prefect's workers, cut short, would
+    # otherwise log their backlog after it on the way out.
+    logging.disable(logging.WARNING)
     try:
         left = _left_behind()
     except Exception as error:  # the store may be what was interrupted
