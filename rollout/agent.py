@@ -73,6 +73,12 @@ INSTANCE = Path(__file__).resolve().with_name("instance.py")
 POLL_S = 0.05
 HEALTH_EVERY_S = 1.0
 KILL_MARGIN_S = 2.0  # past the drain timeout, a worker that has not exited is killed
+SETTLE_SHARE = 0.25  # an instance settles for this share of its boot time once it answers,
+SETTLE_MIN_S = 0.5  # at least this long,
+SETTLE_MAX_S = 5.0  # at most this long
+SETTLE_EVERY_S = 0.1
+WARM_CONNECTIONS = 4
+BOOT_NICE = int(os.environ.get("SHIP_BOOT_NICE", "0"))
 EXIT_ABORTED = 3  # a worker's exit code when its drain cut requests short (examples/app)
 PHASES = ("idle", "waiting", "restarting", "converged", "failed", "stopped")
 
@@ -410,6 +416,21 @@ class WorkerProcess:
             os.killpg(self.pid, signum)
 
 
+def _answers_200(connection: http.client.HTTPConnection) -> bool:
+    try:
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    return response.status == 200
+
+
+def _renice(pgid: int, niceness: int) -> None:
+    """Every process of an instance's group (its app and the app's workers)."""
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PGRP, pgid, niceness)
+
+
 def _adopted_alive(pid: int, marker: str) -> bool:
     """A worker we did not start (no waitpid): alive, not a zombie, and still ours."""
     proc = Path("/proc") / str(pid)
@@ -657,6 +678,7 @@ class Agent:
                 start_new_session=True)  # a Ctrl-C to the agent's terminal is the agent's to handle
         worker = WorkerProcess(process.pid, release_dir, port, handoff, process=process)
         if spec is not None:
+            _renice(worker.pid, BOOT_NICE)
             worker.health_path = spec.health_path
             worker.health_port = self.port if spec.health_port == "shared" else port
         self.workers.append(worker)
@@ -691,7 +713,10 @@ class Agent:
                 raise BootFailed(f"worker {worker.pid} of {worker.release_dir} exited with code "
                                  f"{worker.exit_code()} before it was healthy "
                                  f"(its output is in log/workers.log)")
-            if self._healthy(worker):
+            if all(self._healthy(worker)):
+                log(f"worker {worker.pid} healthy")
+                if spec is not None:
+                    self._settle(worker, timeout - (deadline - time.monotonic()), deadline)
                 worker.state, worker.healthy = "serving", True
                 self._save_workers()
                 return
@@ -699,24 +724,43 @@ class Agent:
         raise BootFailed(f"worker {worker.pid} of {worker.release_dir} was not healthy "
                          f"after {timeout:g}s")
 
+    def _settle(self, worker: WorkerProcess, booted_in: float, deadline: float) -> None:
+        """An app's first answer may come from one of its processes while the others still
+        boot (gunicorn's workers each import the app): keep probing, with several
+        connections at once so that each idle process answers one, for a share of the boot
+        time before the instance counts as serving; then give it its full CPU share."""
+        until = min(deadline, time.monotonic() + min(SETTLE_MAX_S, max(
+            SETTLE_MIN_S, SETTLE_SHARE * booted_in)))
+        while time.monotonic() < until:
+            if not worker.alive() or not all(self._healthy(worker, WARM_CONNECTIONS)):
+                raise BootFailed(f"worker {worker.pid} of {worker.release_dir} stopped "
+                                 "answering its health check right after it first did")
+            time.sleep(SETTLE_EVERY_S)
+        _renice(worker.pid, 0)
+        log(f"worker {worker.pid} settled")
+
     @staticmethod
-    def _healthy(worker: WorkerProcess) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=1.0)
+    def _healthy(worker: WorkerProcess, connections: int = 1) -> list[bool]:
+        """GET the health path on `connections` connections at once: all are sent before
+        any answer is read, so that as many idle processes take one each."""
+        opened = [http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=1.0)
+                  for _ in range(connections)]
         try:
-            connection.request("GET", worker.health_path)
-            response = connection.getresponse()
-            response.read()
-            return response.status == 200
+            for connection in opened:
+                connection.request("GET", worker.health_path)
+            return [_answers_200(connection) for connection in opened]
         except (OSError, http.client.HTTPException):
-            return False
+            return [False]
         finally:
-            connection.close()
+            for connection in opened:
+                connection.close()
 
     def _retire(self, worker: WorkerProcess) -> None:
         """SIGTERM: the worker stops accepting and drains; killed only past the drain timeout."""
         was_running = worker.alive()  # a worker that crashed on boot had nothing to drain
         worker.state, worker.healthy = "draining", False
         self._save_workers()
+        log(f"stopping worker {worker.pid}")
         worker.signal(signal.SIGTERM)
         self._await_exit(worker, counted=was_running)
         self.workers.remove(worker)
@@ -760,7 +804,7 @@ class Agent:
         if time.monotonic() - self._last_health >= HEALTH_EVERY_S:
             self._last_health = time.monotonic()
             for worker in self.workers:
-                worker.healthy = self._healthy(worker)
+                worker.healthy = all(self._healthy(worker))
         current = self.layout.current()
         if (current and self.layout.has(current) and len(self.workers) < self.wanted
                 and self.run.phase != "restarting" and time.monotonic() >= self._respawn_after):

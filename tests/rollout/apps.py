@@ -22,7 +22,7 @@ time.sleep(float(os.environ.get("BOOT_SECONDS", "0")))  # a slow import: models,
 RELEASE = os.environ["SHIP_RELEASE"]
 HEALTHY = os.environ.get("HEALTHY", "yes") == "yes"
 app = Flask(__name__)
-print(f"ready {RELEASE} {os.getpid()}", file=sys.stderr, flush=True)
+print(f"ready {RELEASE} {os.getpid()} at {time.time():.3f}", file=sys.stderr, flush=True)
 
 
 @app.get("/healthz")
