@@ -29,7 +29,10 @@ another host, since the request was never sent (a 503 would have been).
 
 For a new desired release it unpacks the slug (nothing to do for a kept release), waits a
 random stagger in [0, stagger), swaps `current`, then for each worker: start a replacement on
-the new release, wait until it answers its health check, then SIGTERM the old one (it stops
+the new release, wait until it answers its health check (an app's instance: and keeps
+answering probes sent on several connections at once for a quarter of its boot time, 0.5 to
+5 s, since its first answer may come from one of its processes while the others still boot),
+then SIGTERM the old one (it stops
 accepting and drains within the drain timeout; killed past it), next. A replacement that is not
 healthy within the boot timeout stops the restart: `current` goes back, the host keeps serving
 the old release and reports `failed` with the reason. The host never serves with fewer than K
@@ -78,7 +81,6 @@ SETTLE_MIN_S = 0.5  # at least this long,
 SETTLE_MAX_S = 5.0  # at most this long
 SETTLE_EVERY_S = 0.1
 WARM_CONNECTIONS = 4
-BOOT_NICE = int(os.environ.get("SHIP_BOOT_NICE", "0"))
 EXIT_ABORTED = 3  # a worker's exit code when its drain cut requests short (examples/app)
 PHASES = ("idle", "waiting", "restarting", "converged", "failed", "stopped")
 
@@ -425,12 +427,6 @@ def _answers_200(connection: http.client.HTTPConnection) -> bool:
     return response.status == 200
 
 
-def _renice(pgid: int, niceness: int) -> None:
-    """Every process of an instance's group (its app and the app's workers)."""
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PGRP, pgid, niceness)
-
-
 def _adopted_alive(pid: int, marker: str) -> bool:
     """A worker we did not start (no waitpid): alive, not a zombie, and still ours."""
     proc = Path("/proc") / str(pid)
@@ -678,7 +674,6 @@ class Agent:
                 start_new_session=True)  # a Ctrl-C to the agent's terminal is the agent's to handle
         worker = WorkerProcess(process.pid, release_dir, port, handoff, process=process)
         if spec is not None:
-            _renice(worker.pid, BOOT_NICE)
             worker.health_path = spec.health_path
             worker.health_port = self.port if spec.health_port == "shared" else port
         self.workers.append(worker)
@@ -728,7 +723,7 @@ class Agent:
         """An app's first answer may come from one of its processes while the others still
         boot (gunicorn's workers each import the app): keep probing, with several
         connections at once so that each idle process answers one, for a share of the boot
-        time before the instance counts as serving; then give it its full CPU share."""
+        time before the instance counts as serving."""
         until = min(deadline, time.monotonic() + min(SETTLE_MAX_S, max(
             SETTLE_MIN_S, SETTLE_SHARE * booted_in)))
         while time.monotonic() < until:
@@ -736,7 +731,6 @@ class Agent:
                 raise BootFailed(f"worker {worker.pid} of {worker.release_dir} stopped "
                                  "answering its health check right after it first did")
             time.sleep(SETTLE_EVERY_S)
-        _renice(worker.pid, 0)
         log(f"worker {worker.pid} settled")
 
     @staticmethod

@@ -82,6 +82,13 @@ def gunicorn(workers: int, **env: str) -> dict[str, object]:
             "health": {"path": "/healthz", "timeout": 20.0}, "env": env}
 
 
+def gunicorn_asgi(workers: int) -> dict[str, object]:
+    """An ASGI app under gunicorn with uvicorn's worker class: health on the private socket."""
+    return {"command": f"{PYTHON} -m gunicorn -w {workers} -k uvicorn.workers.UvicornWorker "
+                       "--graceful-timeout 5 asgi:app",
+            "health": {"path": "/healthz", "timeout": 20.0}}
+
+
 def uvicorn() -> dict[str, object]:
     """uvicorn serves one socket (`--fd 3`): its health is asked on the host's port."""
     return {"command": f"{PYTHON} -m uvicorn --fd 3 --timeout-graceful-shutdown 5 asgi:app",
