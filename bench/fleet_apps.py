@@ -2,10 +2,13 @@
 steady load; beside it, gunicorn's own HUP reload of the same app under the same load.
 
     .venv/bin/python bench/fleet_apps.py [--hosts 2] [--clients 8] [--rate 25] [--boot 2]
+                                         [--trace] [--no-hup]
 
 Prints, for the fleet: requests, failed, steady p99 (before the publish) and the p99 of the
 requests sent while each host restarted (its status' started_at .. converged_at); for the
-HUP: steady p99 and the p99 of the requests sent in the 4 s after SIGHUP.
+HUP: steady p99 and the p99 of the requests sent in the 4 s after SIGHUP. --trace adds, per
+host, the instances' life cycle (agent log, the app's "ready" lines) and the slowest requests,
+in seconds since the publish.
 """
 
 from __future__ import annotations
