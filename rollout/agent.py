@@ -711,7 +711,7 @@ class Agent:
             if all(self._healthy(worker)):
                 log(f"worker {worker.pid} healthy")
                 if spec is not None:
-                    self._settle(worker, timeout - (deadline - time.monotonic()), deadline)
+                    self._settle(worker, timeout - (deadline - time.monotonic()))
                 worker.state, worker.healthy = "serving", True
                 self._save_workers()
                 return
@@ -719,13 +719,13 @@ class Agent:
         raise BootFailed(f"worker {worker.pid} of {worker.release_dir} was not healthy "
                          f"after {timeout:g}s")
 
-    def _settle(self, worker: WorkerProcess, booted_in: float, deadline: float) -> None:
+    def _settle(self, worker: WorkerProcess, booted_in: float) -> None:
         """An app's first answer may come from one of its processes while the others still
         boot (gunicorn's workers each import the app): keep probing, with several
         connections at once so that each idle process answers one, for a share of the boot
         time before the instance counts as serving."""
-        until = min(deadline, time.monotonic() + min(SETTLE_MAX_S, max(
-            SETTLE_MIN_S, SETTLE_SHARE * booted_in)))
+        until = time.monotonic() + min(SETTLE_MAX_S, max(SETTLE_MIN_S,
+                                                         SETTLE_SHARE * booted_in))
         while time.monotonic() < until:
             if not worker.alive() or not all(self._healthy(worker, WARM_CONNECTIONS)):
                 raise BootFailed(f"worker {worker.pid} of {worker.release_dir} stopped "

@@ -20,14 +20,17 @@ from flask import Flask, request
 
 time.sleep(float(os.environ.get("BOOT_SECONDS", "0")))  # a slow import: models, caches
 RELEASE = os.environ["SHIP_RELEASE"]
-HEALTHY = os.environ.get("HEALTHY", "yes") == "yes"
+HEALTHY = os.environ.get("HEALTHY", "yes")  # yes | no | once (then never again)
 app = Flask(__name__)
+asked = []
 print(f"ready {RELEASE} {os.getpid()} at {time.time():.3f}", file=sys.stderr, flush=True)
 
 
 @app.get("/healthz")
 def healthz():
-    return ("ok", 200) if HEALTHY else ("not ready", 503)
+    asked.append(1)
+    healthy = HEALTHY == "yes" or (HEALTHY == "once" and len(asked) == 1)
+    return ("ok", 200) if healthy else ("not ready", 503)
 
 
 @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])

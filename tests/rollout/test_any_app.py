@@ -89,13 +89,18 @@ def test_uvicorn_rolls_on_the_shared_socket_which_is_never_refused(
         load.failures()[:5]
 
 
+@pytest.mark.parametrize("healthy, timeout, reason", [
+    ("no", 3.0, "not healthy after 3s"),
+    # it answered once, then no more: it had not settled, the old instance never stopped
+    ("once", 20.0, "stopped answering its health check right after it first did")])
 def test_an_app_never_healthy_fails_its_host_and_the_old_release_keeps_serving(
-        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef]) -> None:
-    spec = gunicorn(2)
+        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef], healthy: str,
+        timeout: float, reason: str) -> None:
+    spec = gunicorn(1 if healthy == "once" else 2)
     fleet = local_fleet(hosts=2, workers=1, app=spec)
     fleet.publish(release("flask", 1))
     wait_done(fleet)
-    sick = {**spec, "env": {"HEALTHY": "no"}, "health": {"path": "/healthz", "timeout": 3.0}}
+    sick = {**spec, "env": {"HEALTHY": healthy}, "health": {"path": "/healthz", "timeout": timeout}}
     fleet.rollout = fleet.rollout.running(sick)
 
     with Load(fleet.host_urls, clients=4, rate=20.0) as load:
@@ -105,7 +110,7 @@ def test_an_app_never_healthy_fails_its_host_and_the_old_release_keeps_serving(
         wait_for(lambda: len(load.between(failed)) > 20, "load after the failure")
 
     assert status.failed == 2
-    assert all("not healthy after 3s" in f.reason for f in status.failures), status.failures
+    assert all(reason in f.reason for f in status.failures), status.failures
     assert load.failures() == []
     # An instance accepts on the shared socket as soon as it serves, healthy or not: the
     # failed one may have answered a few; once it was stopped, only the old release answers.
