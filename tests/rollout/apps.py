@@ -58,11 +58,14 @@ async def app(scope, receive, send):
 
 NODE_APP = '''\
 const http = require("http");
+const net = require("net");
 const release = process.env.SHIP_RELEASE;
+let draining = false;
 function answer(request, response) {
   request.resume();
   request.on("end", () => {
     response.setHeader("X-Release", release);
+    if (draining) response.setHeader("Connection", "close");
     response.end(request.url === "/healthz" ? "ok" : release);
   });
 }
@@ -70,9 +73,14 @@ const shared = http.createServer(answer);
 const health = http.createServer(answer);
 shared.listen({fd: 3});
 health.listen(Number(process.argv[2]), "127.0.0.1");
-process.on("SIGTERM", () => {  // stop accepting, finish what is in flight, then exit
-  shared.close();
+// Stop accepting, answer what comes on open connections with Connection: close, then close
+// those left idle. Not http's close(): it drops idle keep-alive connections at once, and a
+// client sending on one just then gets no answer.
+process.on("SIGTERM", () => {
+  draining = true;
+  net.Server.prototype.close.call(shared);
   health.close();
+  setTimeout(() => shared.closeIdleConnections(), 1000).unref();
 });
 '''
 
