@@ -2,16 +2,20 @@
 steady load; beside it, gunicorn's own HUP reload of the same app under the same load.
 
     .venv/bin/python bench/fleet_apps.py [--hosts 2] [--clients 8] [--rate 25] [--boot 2]
+                                         [--trace] [--no-hup]
 
 Prints, for the fleet: requests, failed, steady p99 (before the publish) and the p99 of the
 requests sent while each host restarted (its status' started_at .. converged_at); for the
-HUP: steady p99 and the p99 of the requests sent in the 4 s after SIGHUP.
+HUP: steady p99 and the p99 of the requests sent in the 4 s after SIGHUP. --trace adds, per
+host, the instances' life cycle (agent log, the app's "ready" lines) and the slowest requests,
+in seconds since the publish.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -67,6 +71,34 @@ def fleet(args: argparse.Namespace, work: Path) -> None:
             window += [o for o in load.between(start, end) if o.host == index]
         line(f"fleet ({args.hosts} hosts, 1 instance of gunicorn -w 3)", load,
              load.between(0, publish), window)
+        if args.trace:
+            trace(hosts, load, publish)
+
+
+EVENT = re.compile(r"^(\S+) agent \d+: ((?:started|stopping) worker \d+.*|worker \d+ "
+                   r"(?:healthy|exited).*)$|^ready (\S+) (\d+) at ([\d.]+)$", re.M)
+
+
+def trace(hosts: LocalFleet, load: Load, publish: float) -> None:
+    """Each host's instance life cycle and its slowest requests, in seconds since the
+    publish: where the restart's p99 comes from."""
+    wall = time.time() - (time.monotonic() - publish)
+    for index, host in enumerate(hosts.hosts):
+        logs = [(host.layout.root / "log" / name).read_text(errors="replace")
+                for name in ("agent.log", "workers.log")]
+        events = []
+        for found in EVENT.finditer("\n".join(logs)):
+            stamp = (datetime.fromisoformat(found[1]).timestamp() if found[1]
+                     else float(found[5]))
+            if stamp >= wall:
+                events.append((stamp - wall, found[2] or f"ready {found[3]} pid {found[4]}"))
+        print(f"  host {index}:")
+        for at, what in sorted(events):
+            print(f"    {at:7.3f} s  {what}")
+        mine = sorted((o for o in load.between(publish) if o.host == index),
+                      key=lambda o: -o.latency)
+        print("    slowest: " + ", ".join(f"{o.started - publish:.3f}+{o.latency * 1000:.0f}ms "
+                                          f"{o.method} {o.release}" for o in mine[:8]))
 
 
 def hup(args: argparse.Namespace, work: Path) -> None:
@@ -100,10 +132,14 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rate", type=float, default=25.0)
     parser.add_argument("--boot", type=float, default=2.0)
+    parser.add_argument("--trace", action="store_true",
+                        help="print each host's instance life cycle and slowest requests")
+    parser.add_argument("--no-hup", action="store_true", help="skip gunicorn's HUP reload")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         fleet(args, Path(directory))
-        hup(args, Path(directory))
+        if not args.no_hup:
+            hup(args, Path(directory))
 
 
 if __name__ == "__main__":

@@ -29,7 +29,10 @@ another host, since the request was never sent (a 503 would have been).
 
 For a new desired release it unpacks the slug (nothing to do for a kept release), waits a
 random stagger in [0, stagger), swaps `current`, then for each worker: start a replacement on
-the new release, wait until it answers its health check, then SIGTERM the old one (it stops
+the new release, wait until it answers its health check (an app's instance: and keeps
+answering probes sent on several connections at once for a quarter of its boot time, 0.5 to
+5 s, since its first answer may come from one of its processes while the others still boot),
+then SIGTERM the old one (it stops
 accepting and drains within the drain timeout; killed past it), next. A replacement that is not
 healthy within the boot timeout stops the restart: `current` goes back, the host keeps serving
 the old release and reports `failed` with the reason. The host never serves with fewer than K
@@ -73,6 +76,11 @@ INSTANCE = Path(__file__).resolve().with_name("instance.py")
 POLL_S = 0.05
 HEALTH_EVERY_S = 1.0
 KILL_MARGIN_S = 2.0  # past the drain timeout, a worker that has not exited is killed
+SETTLE_SHARE = 0.25  # an instance settles for this share of its boot time once it answers,
+SETTLE_MIN_S = 0.5  # at least this long,
+SETTLE_MAX_S = 5.0  # at most this long
+SETTLE_EVERY_S = 0.1
+WARM_CONNECTIONS = 4
 EXIT_ABORTED = 3  # a worker's exit code when its drain cut requests short (examples/app)
 PHASES = ("idle", "waiting", "restarting", "converged", "failed", "stopped")
 
@@ -410,6 +418,15 @@ class WorkerProcess:
             os.killpg(self.pid, signum)
 
 
+def _answers_200(connection: http.client.HTTPConnection) -> bool:
+    try:
+        response = connection.getresponse()
+        response.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    return response.status == 200
+
+
 def _adopted_alive(pid: int, marker: str) -> bool:
     """A worker we did not start (no waitpid): alive, not a zombie, and still ours."""
     proc = Path("/proc") / str(pid)
@@ -691,7 +708,10 @@ class Agent:
                 raise BootFailed(f"worker {worker.pid} of {worker.release_dir} exited with code "
                                  f"{worker.exit_code()} before it was healthy "
                                  f"(its output is in log/workers.log)")
-            if self._healthy(worker):
+            if all(self._healthy(worker)):
+                log(f"worker {worker.pid} healthy")
+                if spec is not None:
+                    self._settle(worker, timeout - (deadline - time.monotonic()))
                 worker.state, worker.healthy = "serving", True
                 self._save_workers()
                 return
@@ -699,24 +719,42 @@ class Agent:
         raise BootFailed(f"worker {worker.pid} of {worker.release_dir} was not healthy "
                          f"after {timeout:g}s")
 
+    def _settle(self, worker: WorkerProcess, booted_in: float) -> None:
+        """An app's first answer may come from one of its processes while the others still
+        boot (gunicorn's workers each import the app): keep probing, with several
+        connections at once so that each idle process answers one, for a share of the boot
+        time before the instance counts as serving."""
+        until = time.monotonic() + min(SETTLE_MAX_S, max(SETTLE_MIN_S,
+                                                         SETTLE_SHARE * booted_in))
+        while time.monotonic() < until:
+            if not worker.alive() or not all(self._healthy(worker, WARM_CONNECTIONS)):
+                raise BootFailed(f"worker {worker.pid} of {worker.release_dir} stopped "
+                                 "answering its health check right after it first did")
+            time.sleep(SETTLE_EVERY_S)
+        log(f"worker {worker.pid} settled")
+
     @staticmethod
-    def _healthy(worker: WorkerProcess) -> bool:
-        connection = http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=1.0)
+    def _healthy(worker: WorkerProcess, connections: int = 1) -> list[bool]:
+        """GET the health path on `connections` connections at once: all are sent before
+        any answer is read, so that as many idle processes take one each."""
+        opened = [http.client.HTTPConnection("127.0.0.1", worker.health_port, timeout=1.0)
+                  for _ in range(connections)]
         try:
-            connection.request("GET", worker.health_path)
-            response = connection.getresponse()
-            response.read()
-            return response.status == 200
+            for connection in opened:
+                connection.request("GET", worker.health_path)
+            return [_answers_200(connection) for connection in opened]
         except (OSError, http.client.HTTPException):
-            return False
+            return [False]
         finally:
-            connection.close()
+            for connection in opened:
+                connection.close()
 
     def _retire(self, worker: WorkerProcess) -> None:
         """SIGTERM: the worker stops accepting and drains; killed only past the drain timeout."""
         was_running = worker.alive()  # a worker that crashed on boot had nothing to drain
         worker.state, worker.healthy = "draining", False
         self._save_workers()
+        log(f"stopping worker {worker.pid}")
         worker.signal(signal.SIGTERM)
         self._await_exit(worker, counted=was_running)
         self.workers.remove(worker)
@@ -760,7 +798,7 @@ class Agent:
         if time.monotonic() - self._last_health >= HEALTH_EVERY_S:
             self._last_health = time.monotonic()
             for worker in self.workers:
-                worker.healthy = self._healthy(worker)
+                worker.healthy = all(self._healthy(worker))
         current = self.layout.current()
         if (current and self.layout.has(current) and len(self.workers) < self.wanted
                 and self.run.phase != "restarting" and time.monotonic() >= self._respawn_after):

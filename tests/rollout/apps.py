@@ -20,14 +20,17 @@ from flask import Flask, request
 
 time.sleep(float(os.environ.get("BOOT_SECONDS", "0")))  # a slow import: models, caches
 RELEASE = os.environ["SHIP_RELEASE"]
-HEALTHY = os.environ.get("HEALTHY", "yes") == "yes"
+HEALTHY = os.environ.get("HEALTHY", "yes")  # yes | no | once (then never again)
 app = Flask(__name__)
-print(f"ready {RELEASE} {os.getpid()}", file=sys.stderr, flush=True)
+asked = []
+print(f"ready {RELEASE} {os.getpid()} at {time.time():.3f}", file=sys.stderr, flush=True)
 
 
 @app.get("/healthz")
 def healthz():
-    return ("ok", 200) if HEALTHY else ("not ready", 503)
+    asked.append(1)
+    healthy = HEALTHY == "yes" or (HEALTHY == "once" and len(asked) == 1)
+    return ("ok", 200) if healthy else ("not ready", 503)
 
 
 @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
@@ -55,11 +58,14 @@ async def app(scope, receive, send):
 
 NODE_APP = '''\
 const http = require("http");
+const net = require("net");
 const release = process.env.SHIP_RELEASE;
+let draining = false;
 function answer(request, response) {
   request.resume();
   request.on("end", () => {
     response.setHeader("X-Release", release);
+    if (draining) response.setHeader("Connection", "close");
     response.end(request.url === "/healthz" ? "ok" : release);
   });
 }
@@ -67,9 +73,14 @@ const shared = http.createServer(answer);
 const health = http.createServer(answer);
 shared.listen({fd: 3});
 health.listen(Number(process.argv[2]), "127.0.0.1");
-process.on("SIGTERM", () => {  // stop accepting, finish what is in flight, then exit
-  shared.close();
+// Stop accepting, answer what comes on open connections with Connection: close, then close
+// those left idle. Not http's close(): it drops idle keep-alive connections at once, and a
+// client sending on one just then gets no answer.
+process.on("SIGTERM", () => {
+  draining = true;
+  net.Server.prototype.close.call(shared);
   health.close();
+  setTimeout(() => shared.closeIdleConnections(), 1000).unref();
 });
 '''
 
@@ -80,6 +91,13 @@ def gunicorn(workers: int, **env: str) -> dict[str, object]:
     """The spec of a Flask app under gunicorn, health on the private socket (fd 4)."""
     return {"command": f"{PYTHON} -m gunicorn -w {workers} --graceful-timeout 5 app:app",
             "health": {"path": "/healthz", "timeout": 20.0}, "env": env}
+
+
+def gunicorn_asgi(workers: int) -> dict[str, object]:
+    """An ASGI app under gunicorn with uvicorn's worker class: health on the private socket."""
+    return {"command": f"{PYTHON} -m gunicorn -w {workers} -k uvicorn.workers.UvicornWorker "
+                       "--graceful-timeout 5 asgi:app",
+            "health": {"path": "/healthz", "timeout": 20.0}}
 
 
 def uvicorn() -> dict[str, object]:

@@ -14,7 +14,7 @@ import pytest
 
 from rollout.local import LocalFleet
 from shiptypes import ProviderContext, ReleaseRef
-from tests.rollout.apps import app_release, gunicorn, node, uvicorn
+from tests.rollout.apps import app_release, gunicorn, gunicorn_asgi, node, uvicorn
 from tests.rollout.conftest import wait_done, wait_for
 from tests.rollout.loadgen import Load
 
@@ -66,13 +66,17 @@ def test_an_unmodified_app_rolls_under_load_and_fails_no_request(
     assert sum(d["clean"] for d in drains) == 4, drains  # every old instance exited 0
 
 
+@pytest.mark.parametrize("spec", [uvicorn(), gunicorn_asgi(2)], ids=["uvicorn", "worker-class"])
 def test_uvicorn_rolls_on_the_shared_socket_which_is_never_refused(
-        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef]) -> None:
-    """uvicorn's own shutdown closes the connections it accepted but has not read yet (and
-    idle keep-alive ones): a client sending on one just then gets no answer, whoever stops
-    it. What the agent owes is that the host's socket is never refused nor reset, and that
-    the new release answers alone once restarted."""
-    fleet = local_fleet(hosts=2, workers=2, app=uvicorn())
+        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef],
+        spec: dict[str, object]) -> None:
+    """uvicorn's shutdown (uvicorn/server.py, Server.shutdown) closes the connections it
+    accepted but has not read a request from yet, and idle keep-alive ones: a client sending
+    on one just then gets no answer. gunicorn's uvicorn worker class runs the same shutdown,
+    so it does the same. The agent cannot stop one process of a shared socket from accepting
+    without the process's own help; what it owes is that the host's socket is never refused
+    nor reset, and that the new release answers alone once restarted."""
+    fleet = local_fleet(hosts=2, workers=2, app=spec)
     old, new = release("asgi", 1), release("asgi", 2)
 
     load = roll(fleet, old, new, keep_alive=False)
@@ -85,13 +89,18 @@ def test_uvicorn_rolls_on_the_shared_socket_which_is_never_refused(
         load.failures()[:5]
 
 
+@pytest.mark.parametrize("healthy, timeout, reason", [
+    ("no", 3.0, "not healthy after 3s"),
+    # it answered once, then no more: it had not settled, the old instance never stopped
+    ("once", 20.0, "stopped answering its health check right after it first did")])
 def test_an_app_never_healthy_fails_its_host_and_the_old_release_keeps_serving(
-        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef]) -> None:
-    spec = gunicorn(2)
+        local_fleet: Fleet, release: Callable[[str, int], ReleaseRef], healthy: str,
+        timeout: float, reason: str) -> None:
+    spec = gunicorn(1 if healthy == "once" else 2)
     fleet = local_fleet(hosts=2, workers=1, app=spec)
     fleet.publish(release("flask", 1))
     wait_done(fleet)
-    sick = {**spec, "env": {"HEALTHY": "no"}, "health": {"path": "/healthz", "timeout": 3.0}}
+    sick = {**spec, "env": {"HEALTHY": healthy}, "health": {"path": "/healthz", "timeout": timeout}}
     fleet.rollout = fleet.rollout.running(sick)
 
     with Load(fleet.host_urls, clients=4, rate=20.0) as load:
@@ -101,7 +110,7 @@ def test_an_app_never_healthy_fails_its_host_and_the_old_release_keeps_serving(
         wait_for(lambda: len(load.between(failed)) > 20, "load after the failure")
 
     assert status.failed == 2
-    assert all("not healthy after 3s" in f.reason for f in status.failures), status.failures
+    assert all(reason in f.reason for f in status.failures), status.failures
     assert load.failures() == []
     # An instance accepts on the shared socket as soon as it serves, healthy or not: the
     # failed one may have answered a few; once it was stopped, only the old release answers.
