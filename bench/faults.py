@@ -383,22 +383,13 @@ def hostile_http_rows(prefect_api: str) -> list[Row]:
 
 def temporary_api_kill_row() -> Row:
     """`ship deploy` SIGKILLed while Prefect's temporary API serves it."""
-    import os
     import signal
-    import subprocess
 
-    from tests.conftest import ROOT, SIM_PIPELINES
-    from tests.faults.test_temporary_api import alive, temporary_api_of
+    from tests.faults.test_temporary_api import a_deploy_on_its_own_prefect, alive, temporary_api_of
     from tests.serve.conftest import wait_for
 
     with scratch() as workdir:
-        (workdir / "pipelines.yaml").write_text(SIM_PIPELINES.replace(
-            "build: {type: sim}", "build: {type: sim, duration: 1h}"))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-        env |= {"SHIP_DATABASE_URL": f"sqlite:///{workdir}/ship.db", "PYTHONPATH": str(ROOT)}
-        ship = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "deploy", "us"],
-                                cwd=workdir, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        ship = a_deploy_on_its_own_prefect(workdir)
         api = wait_for(lambda: temporary_api_of(ship.pid), "the temporary API", 180)
         ship.send_signal(signal.SIGKILL)
         ship.wait()

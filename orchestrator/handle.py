@@ -75,7 +75,7 @@ def withdraw(state_dir: Path, pid: int) -> None:
 def find(state_dir: Path, config: Path, store_url: str | None = None) -> ServeHandle | None:
     """The running server on this store serving this pipelines file, if any."""
     found = _read(state_dir / HANDLE_FILE)
-    if found is None or not _alive(found.pid):
+    if found is None or not pid_alive(found.pid):
         return None
     if found.config != str(config.resolve()) or found.store != store_key(store_url):
         return None
@@ -116,7 +116,8 @@ def _read(path: Path) -> ServeHandle | None:
         return None
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this machine (it may be a zombie)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -55,6 +55,7 @@ from prefect import flow
 
 from orchestrator import flows, moves, runtime
 from orchestrator import schema as t
+from orchestrator.handle import pid_alive
 from orchestrator.release import (
     HOLDS_PIPELINE,
     SHIPPED,
@@ -208,13 +209,7 @@ def process_alive(owner: dict[str, Any]) -> bool | None:
         return None
     stat = process_stat(pid)
     if stat is None and not os.path.isdir("/proc"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
     if stat is None or stat[0] == "Z":
         return False
     return owner.get("started") in (None, stat[1])  # the same pid, not a reused one

@@ -43,14 +43,20 @@ def temporary_api_of(pid: int) -> int | None:
                  if "orchestrator.lifeline" in command_line(child)), None)
 
 
-def test_a_killed_ship_process_takes_prefects_temporary_api_with_it(tmp_path: Path) -> None:
-    (tmp_path / "pipelines.yaml").write_text(SIM_PIPELINES.replace(
+def a_deploy_on_its_own_prefect(workdir: Path) -> subprocess.Popen[bytes]:
+    """`ship deploy` with no PREFECT_API_URL (so it starts Prefect's temporary API) and a
+    build that lasts an hour: it is still running whenever it is killed."""
+    (workdir / "pipelines.yaml").write_text(SIM_PIPELINES.replace(
         "build: {type: sim}", "build: {type: sim, duration: 1h}"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env |= {"SHIP_DATABASE_URL": f"sqlite:///{tmp_path}/ship.db", "PYTHONPATH": str(ROOT)}
-    ship = subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "deploy", "us"],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+    env |= {"SHIP_DATABASE_URL": f"sqlite:///{workdir}/ship.db", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "orchestrator.cli", "deploy", "us"],
+                            cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
+
+
+def test_a_killed_ship_process_takes_prefects_temporary_api_with_it(tmp_path: Path) -> None:
+    ship = a_deploy_on_its_own_prefect(tmp_path)
     try:
         api = wait_for(lambda: temporary_api_of(ship.pid), "Prefect's temporary API to start",
                        timeout=180)
