@@ -41,6 +41,14 @@ def status_json(path: Path, store: Store, monkeypatch: pytest.MonkeyPatch,
 
 
 def flushed(runner: Runner) -> None:
+    """Let every notifier send or give up what it holds, waiting out its retries as a running
+    server does, then close. close() alone tries once more and waits no longer (at shutdown
+    nothing waits), so a send still pausing for a 429's Retry-After would be given up."""
+    for name in runner.ship.running():
+        for notifier in runner.ship.pipeline(name).broadcast.notifiers:
+            outbox = getattr(notifier, "outbox", None)
+            if outbox is not None:
+                assert outbox.flush(30.0), f"{notifier.name} did not finish within 30 s"
     assert runner.ship.close_notifiers(30.0), "the notifiers did not finish within 30 s"
 
 
