@@ -186,8 +186,8 @@ def _prefect_stops() -> tuple[type[BaseException], ...]:
 def _stopped(signum: int) -> int:
     name = signal.Signals(signum).name
     # The line below is the last the person reads: Prefect's workers, cut short, would
-    # otherwise log their backlog after it on the way out.
-    logging.disable(logging.WARNING)
+    # otherwise log their backlog (warnings, and errors once its API is gone) after it.
+    logging.disable(logging.CRITICAL)
     try:
         left = _left_behind()
     except Exception as error:  # the store may be what was interrupted
