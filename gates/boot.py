@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import shlex
 import socket
-import sys
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +31,7 @@ import requests
 from pydantic import Field, PrivateAttr, field_validator
 
 from gates.support import GateError, GuardedGate, Process, check_template, render
-from rollout.agent import AppSpec
+from rollout.agent import AppSpec, instance_command
 from shiptypes import (
     Clock,
     GateResult,
@@ -139,24 +139,6 @@ def _health(session: requests.Session, url: str, timeout: float) -> int | str:
 
 # --- booting an app's slug on this machine ----------------------------------------------------
 
-# Puts the N sockets given at fds 3, 4, … (copies first, above the targets, so that no copy
-# lands on a target) and runs the app as systemd would: LISTEN_FDS=N, LISTEN_PID its own pid.
-PLACE_AND_RUN = """\
-import fcntl, os, sys
-n = int(sys.argv[1])
-fds = [int(fd) for fd in sys.argv[2:2 + n]]
-copies = [fcntl.fcntl(fd, fcntl.F_DUPFD, 3 + n) for fd in fds]
-for fd in fds:
-    os.close(fd)
-for offset, copy in enumerate(copies):
-    os.dup2(copy, 3 + offset)
-    os.close(copy)
-os.environ["LISTEN_FDS"] = str(n)
-os.execvp("sh", ["sh", "-c", 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', "sh",
-                 *sys.argv[2 + n:]])
-"""
-
-
 def unpack_slug(release: ReleaseRef, into: Path) -> Path:
     """The release's slug (a local file: the `tarball` or `git` build's local store),
     unpacked under `into`."""
@@ -175,23 +157,23 @@ def unpack_slug(release: ReleaseRef, into: Path) -> Path:
 
 
 class AppBoot:
-    """The app's command run in the unpacked slug as a host's agent runs it: the shared
-    listening socket at fd 3 and, unless the app binds {port} itself, its private one at
-    fd 4; SHIP_RELEASE, SHIP_SHA and PORT in its environment."""
+    """The app's command run in the unpacked slug as a host's agent runs it
+    (rollout.agent.instance_command): the shared listening socket at fd 3 and, unless the
+    app binds {port} itself, its private one at fd 4; SHIP_RELEASE, SHIP_SHA and PORT in its
+    environment."""
 
     def __init__(self, spec: AppSpec, release: ReleaseRef, where: Path,
                  env: Mapping[str, str]) -> None:
         self.shared = _listener()
-        self.private = None if spec.binds_port else _listener()
-        self.port = _free_port() if self.private is None else self.private.getsockname()[1]
+        self.private = _listener()
+        self.port = self.private.getsockname()[1]
         shared_port = self.shared.getsockname()[1]
         self.health_port = shared_port if spec.health_port == "shared" else self.port
-        fds = [self.shared.fileno()] + ([self.private.fileno()] if self.private else [])
-        runner = [sys.executable, "-c", PLACE_AND_RUN, str(len(fds)), *map(str, fds),
-                  *spec.argv(self.port)]
-        app_env = {**env, **spec.env, "SHIP_RELEASE": release.name, "SHIP_SHA": release.sha,
-                   "PORT": str(self.port)}
-        self.process = Process(shlex.join(runner), env=app_env, cwd=where, pass_fds=fds)
+        ship_env = {"SHIP_RELEASE": release.name, "SHIP_SHA": release.sha}
+        handoff = f"@ship-boot-{uuid.uuid4().hex}"  # a socket no agent asks for
+        command, app_env, fds = instance_command(spec, ship_env, self.shared.fileno(),
+                                                 self.private, handoff, base_env=env)
+        self.process = Process(shlex.join(command), env=app_env, cwd=where, pass_fds=fds)
 
     def health_url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.health_port}{path}"
@@ -202,17 +184,10 @@ class AppBoot:
     def __exit__(self, *_exc: object) -> None:
         self.process.close()
         self.shared.close()
-        if self.private is not None:
-            self.private.close()
+        self.private.close()
 
 
 def _listener() -> socket.socket:
     listener = socket.create_server(("127.0.0.1", 0))
     listener.set_inheritable(True)
     return listener
-
-
-def _free_port() -> int:
-    """A port for an app that binds its own ({port}), as the agent picks one."""
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return probe.getsockname()[1]

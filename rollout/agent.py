@@ -65,6 +65,7 @@ import sys
 import tarfile
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -470,6 +471,26 @@ class Run:
         return cls(desired=desired, **saved)
 
 
+def instance_command(spec: AppSpec, ship_env: Mapping[str, str], shared: int,
+                     private: socket.socket, handoff: str,
+                     base_env: Mapping[str, str] = os.environ,
+                     ) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
+    """rollout/instance.py running the app's command: the shared socket at fd 3 and, unless
+    the app binds `{port}` itself, the private one at fd 4. The environment is `base_env`
+    (the agent's), the spec's `env`, SHIP_RELEASE, SHIP_SHA and PORT (the private port).
+    Used by the agent and by the boot gate, which boots an app as a host would."""
+    port = private.getsockname()[1]
+    command = [sys.executable, str(INSTANCE), "--fd", str(shared), "--handoff", handoff]
+    fds: tuple[int, ...] = (shared,)
+    if spec.binds_port:
+        private.close()  # free for the app to bind (a port another process may take first)
+    else:
+        command += ["--private-fd", str(private.fileno())]
+        fds += (private.fileno(),)
+    env = {**base_env, **spec.env, **ship_env, "PORT": str(port)}
+    return [*command, "--", *spec.argv(port)], env, fds
+
+
 class Agent:
     def __init__(self, options: argparse.Namespace) -> None:
         self.layout = HostLayout(Path(options.root).resolve())
@@ -666,7 +687,7 @@ class Agent:
                        str(self.drain_timeout), "--idle-grace", str(self.idle_grace)]
             env, fds = None, (shared, private.fileno())
         else:
-            command, env, fds = self._instance_command(spec, ship_env, shared, private, handoff)
+            command, env, fds = instance_command(spec, ship_env, shared, private, handoff)
         with private, self.layout.worker_log.open("ab") as output:
             process = subprocess.Popen(
                 command, cwd=release, stdin=subprocess.DEVNULL, stdout=output, env=env,
@@ -680,24 +701,6 @@ class Agent:
         self._save_workers()
         log(f"started worker {worker.pid} on {release_dir}")
         return worker
-
-    @staticmethod
-    def _instance_command(spec: AppSpec, ship_env: dict[str, str], shared: int,
-                          private: socket.socket, handoff: str,
-                          ) -> tuple[list[str], dict[str, str], tuple[int, ...]]:
-        """rollout/instance.py running the app's command: the shared socket at fd 3 and,
-        unless the app binds `{port}` itself, the private one at fd 4. The environment is
-        the agent's, the spec's `env`, SHIP_RELEASE, SHIP_SHA and PORT (the private port)."""
-        port = private.getsockname()[1]
-        command = [sys.executable, str(INSTANCE), "--fd", str(shared), "--handoff", handoff]
-        fds: tuple[int, ...] = (shared,)
-        if spec.binds_port:
-            private.close()  # free for the app to bind (a port another process may take first)
-        else:
-            command += ["--private-fd", str(private.fileno())]
-            fds += (private.fileno(),)
-        env = {**os.environ, **spec.env, **ship_env, "PORT": str(port)}
-        return [*command, "--", *spec.argv(port)], env, fds
 
     def _await_healthy(self, worker: WorkerProcess) -> None:
         spec, _ = self.layout.launch_spec(worker.release_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import os
 import signal
 import socket
@@ -52,8 +53,9 @@ def hand_over(address: str, listen_fd: int) -> None:
 
 
 def place(fds: list[int]) -> None:
-    """Move the sockets to 3, 4, … (dup first: a target may be one of the sources)."""
-    copies = [os.dup(fd) for fd in fds]
+    """Move the sockets to 3, 4, … Copies first, numbered above every target: a target may be
+    one of the sources, and a plain dup() could land on a free target and be closed there."""
+    copies = [fcntl.fcntl(fd, fcntl.F_DUPFD, FIRST_FD + len(fds)) for fd in fds]
     for fd in fds:
         os.close(fd)
     for offset, copy in enumerate(copies):
