@@ -15,45 +15,45 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-
 from orchestrator.config import UnknownPipeline
 from orchestrator.runner import Runner
 from orchestrator.runtime import Ship
-from orchestrator.untrusted import CLOSE, BadInput, BodyReader, BodyRefused, load_json, typed
+from orchestrator.untrusted import BadInput, load_json, typed
 from orchestrator.untrusted import release_number as checked_number
 
 BODY_LIMIT = 16_384  # bytes: a few short fields
 TEXT_LIMIT = 1_000  # characters of a reason or an actor
 
 
-def mount_api(app: FastAPI, ship: Ship, runner: Runner, token: str) -> None:
-    bodies = BodyReader(BODY_LIMIT, at_once=4)
+class OperatorApi:
+    """The handler of POST /api/rollback, served like the webhooks (server.answer): refused
+    unread without the token, its body read within BODY_LIMIT, then acted on."""
 
-    @app.post("/api/rollback")
-    async def rollback(request: Request) -> JSONResponse:
-        if not _authorized(request.headers, token):
-            return JSONResponse({"error": "a valid bearer token is required"}, status_code=401,
-                                headers=CLOSE)
-        if app.state.stopping:
-            return JSONResponse({"error": "ship serve is stopping"}, status_code=503,
-                                headers=CLOSE)
+    def __init__(self, ship: Ship, runner: Runner, token: str) -> None:
+        self.ship = ship
+        self.runner = runner
+        self.token = token
+
+    def refuse_unread(self, headers: Mapping[str, str]) -> tuple[int, dict] | None:
+        if not _authorized(headers, self.token):
+            return 401, {"error": "a valid bearer token is required"}
+        return None
+
+    async def handle(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict]:
+        refusal = self.refuse_unread(headers)
+        if refusal is not None:
+            return refusal
         try:
-            asked = _rollback_request(load_json(await bodies.read(request)))
-            name = ship.config.pipeline(asked.pop("pipeline")).name
-        except BodyRefused as refused:
-            return JSONResponse({"error": str(refused)}, status_code=refused.status,
-                                headers=CLOSE)
+            asked = _rollback_request(load_json(body))
+            name = self.ship.config.pipeline(asked.pop("pipeline")).name
         except BadInput as error:
-            return JSONResponse({"error": str(error)}, status_code=400)
+            return 400, {"error": str(error)}
         except UnknownPipeline as error:
-            return JSONResponse({"error": str(error)}, status_code=404)
-        outcome = await runner.start_rollback(name, **asked)
+            return 404, {"error": str(error)}
+        outcome = await self.runner.start_rollback(name, **asked)
         status = 200 if outcome.won else 400 if outcome.bad_input else 409
-        return JSONResponse({"won": outcome.won, "reason": outcome.reason,
-                             "target": outcome.target, "rollback_id": outcome.rollback_id,
-                             "bad_input": outcome.bad_input}, status_code=status)
+        return status, {"won": outcome.won, "reason": outcome.reason, "target": outcome.target,
+                        "rollback_id": outcome.rollback_id, "bad_input": outcome.bad_input}
 
 
 def _authorized(headers: Mapping[str, str], token: str) -> bool:

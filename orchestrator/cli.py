@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from orchestrator import show
+from orchestrator.engine import keep_sigterm
 from orchestrator.problems import ConfigError, UnknownPipeline
 
 if TYPE_CHECKING:
@@ -162,19 +163,6 @@ def _on_signal(signum: int, _frame: object) -> None:
     with contextlib.suppress(RuntimeError):  # no event loop running
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor())
     raise Stopped(signum)
-
-
-def _own_sigterm() -> None:
-    """Before flows run here: Prefect's engine would put its own SIGTERM handler in front
-    of _on_signal while a flow runs, raising TerminationSignal wherever the main thread is
-    (often outside any flow, where nothing of Prefect's catches it). The command's handler
-    stays: it ends every flow the same way (cancelled, recorded as crashed)."""
-    import prefect.flow_engine
-
-    if not hasattr(prefect.flow_engine, "capture_sigterm"):
-        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check how ship "
-                           "commands end on SIGTERM against this Prefect version")
-    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
 
 
 def _prefect_stops() -> tuple[type[BaseException], ...]:
@@ -555,7 +543,7 @@ def _rollback_here(args: argparse.Namespace) -> Any:
 
     async def rollback_then_reconcile() -> Any:
         if os.environ.get("PREFECT_API_URL"):
-            _own_sigterm()
+            keep_sigterm()
             from orchestrator.flows import rollback_flow as roll_back
         else:
             from orchestrator.moves import roll_back
@@ -638,7 +626,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from orchestrator.demo import run_demo
 
-    _own_sigterm()
+    keep_sigterm()
 
     # Piped output (CI logs) gets room for the stage table instead of 80 columns.
     console = out if out.is_terminal else Console(width=120)
@@ -685,7 +673,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
     """Run flows in this process (Prefect's temporary API unless PREFECT_API_URL is set),
     after settling what a stopped ship process left (orchestrator.reconcile). With
     `settle`, wait for the watches and fleet followers the work started."""
-    _own_sigterm()
+    keep_sigterm()
     from orchestrator.runner import Runner
     from orchestrator.runtime import Ship, use
 
@@ -705,7 +693,7 @@ def _run(store: Any, loaded: config_module.ShipConfig, work: Callable[[Any], Any
 
 async def _reconciled(ship: Any) -> None:
     """Settle what a stopped ship process left (orchestrator.reconcile), saying what."""
-    _own_sigterm()  # reconcile may resume flows
+    keep_sigterm()  # reconcile may resume flows
     from orchestrator.reconcile import reconcile
 
     for o in await reconcile(ship):

@@ -98,3 +98,20 @@ class _TieOnImport(importlib.abc.MetaPathFinder):
 
 if not any(isinstance(finder, _TieOnImport) for finder in sys.meta_path):
     sys.meta_path.insert(0, _TieOnImport())
+
+
+def keep_sigterm() -> None:
+    """Before flows run in this process: Prefect's engine puts its own SIGTERM handler in
+    front of the process's while a flow runs, raising TerminationSignal wherever the main
+    thread is (often outside any flow, where nothing of Prefect's catches it). ship's
+    processes decide what SIGTERM means (`ship serve` drains; a command stops with one line,
+    its flows recorded as crashed), so the engine's bridge is turned off here. Runs of
+    deployments served in child processes keep theirs."""
+    import contextlib
+
+    import prefect.flow_engine
+
+    if not hasattr(prefect.flow_engine, "capture_sigterm"):
+        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check how ship "
+                           "handles SIGTERM against this Prefect version")
+    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]

@@ -3,6 +3,8 @@
     POST /webhooks/github     merges in (orchestrator.intake): each push queues its commits
                               and kicks the pipeline's release train
     POST /slack/interactions  the buttons on release messages (orchestrator.slack_actions)
+    POST /api/rollback        the CLI's rollback, behind the token of the server's handle
+                              (orchestrator.api, orchestrator.handle)
     GET  /healthz             200 while serving, 503 while stopping
 
 A request without a well-formed signature (or with its endpoint's secret unset) is refused
@@ -39,7 +41,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from orchestrator import handle, intake, slack_actions
-from orchestrator.api import mount_api
+from orchestrator.api import BODY_LIMIT as OPERATOR_BODY
+from orchestrator.api import OperatorApi
+from orchestrator.engine import keep_sigterm
 from orchestrator.intake import GitHubIntake
 from orchestrator.release import IN_FLIGHT, State
 from orchestrator.runner import DeployOutcome, Runner
@@ -55,6 +59,7 @@ MAX_BODY = 25 * 1024 * 1024  # GitHub caps webhook payloads at 25 MB
 MAX_SLACK_BODY = 1024 * 1024  # a button press is a few KB, with the message's blocks
 # Unverified bodies read at once per endpoint: what they can hold is at most this × the limit.
 BODIES_AT_ONCE = 2
+OPERATOR_BODIES_AT_ONCE = 4  # behind a token: a person's few requests at a time
 
 
 class ServeRunner(Runner):
@@ -141,7 +146,7 @@ def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None,
                              "pipelines": list(ship.config.pipelines)},
                             status_code=503 if stopping else 200)
 
-    async def answer(request: Request, handler: GitHubIntake | SlackActions,
+    async def answer(request: Request, handler: GitHubIntake | SlackActions | OperatorApi,
                      reader: BodyReader) -> JSONResponse:
         """Refuse what can be refused unread (stopping, no secret, no signature), read the
         body within the endpoint's bounds, then let the handler verify and act."""
@@ -170,7 +175,13 @@ def create_app(ship: Ship, runner: Runner, env: Mapping[str, str] | None = None,
     async def slack_interaction(request: Request) -> JSONResponse:
         return await answer(request, slack, interactions)
 
-    mount_api(app, ship, runner, api_token)
+    operator = OperatorApi(ship, runner, api_token)
+    operator_bodies = BodyReader(OPERATOR_BODY, OPERATOR_BODIES_AT_ONCE)
+
+    @app.post("/api/rollback")
+    async def rollback(request: Request) -> JSONResponse:
+        return await answer(request, operator, operator_bodies)
+
     if importlib.util.find_spec("orchestrator.web") is not None:
         importlib.import_module("orchestrator.web").mount_ui(app, ship, runner)
     return app
@@ -200,7 +211,7 @@ async def serve(ship: Ship, host: str, port: int, drain_timeout: float,
         await prefect.start()
         say(f"Prefect deployments served: {', '.join(prefect.names)}")
     stop, force = asyncio.Event(), asyncio.Event()
-    _keep_sigterm()
+    keep_sigterm()  # here SIGTERM means drain
     _on_signals(stop, force)
     serving = asyncio.create_task(server.serve())
     if not await _started(server, serving):
@@ -263,20 +274,6 @@ async def _started(server: uvicorn.Server, serving: asyncio.Task) -> bool:
             return False
         await asyncio.sleep(0.02)
     return True
-
-
-def _keep_sigterm() -> None:
-    """Prefect's flow engine swaps in a SIGTERM handler of its own while a flow runs, which
-    raises TerminationSignal in whatever code runs at that moment: with many flows sharing
-    this loop, a random one would crash. Here SIGTERM means "drain", so the engine's bridge
-    is turned off in this process (runs of the served deployments, in child processes,
-    keep theirs)."""
-    import prefect.flow_engine
-
-    if not hasattr(prefect.flow_engine, "capture_sigterm"):
-        raise RuntimeError("prefect.flow_engine.capture_sigterm is gone: check ship serve's "
-                           "SIGTERM handling against this Prefect version")
-    prefect.flow_engine.capture_sigterm = contextlib.nullcontext  # type: ignore[assignment]
 
 
 def _on_signals(stop: asyncio.Event, force: asyncio.Event) -> None:
