@@ -26,6 +26,7 @@ from orchestrator import (
     engine,  # noqa: F401 - Prefect settings before Prefect loads
     handle,
 )
+from rollout.agent import Desired
 from tests.faults.crash import SPEED, CrashWorld, Settings, wait_for
 
 Sample = tuple[float, float]  # seconds to every host told, seconds to the command's end
@@ -35,11 +36,10 @@ def told_at(world: CrashWorld, number: int) -> float | None:
     """When the last host was told of release `number` (its desired.json written)."""
     times = []
     for host in world.fleet.hosts:
-        path = host.layout.desired
-        text = path.read_text() if path.exists() else ""
-        if f'"release": {number},' not in text:
+        desired = Desired.load(host.layout.desired)
+        if desired is None or desired.release != number:
             return None
-        times.append(path.stat().st_mtime)
+        times.append(host.layout.desired.stat().st_mtime)
     return max(times)
 
 

@@ -30,6 +30,7 @@ from rich.console import Console
 from orchestrator import show
 from orchestrator.engine import keep_sigterm
 from orchestrator.problems import ConfigError, UnknownPipeline
+from orchestrator.release import ID_MAX
 
 if TYPE_CHECKING:
     from orchestrator import config as config_module
@@ -321,7 +322,6 @@ def _parser() -> argparse.ArgumentParser:
 
 # --- arguments: bad values are refused by argparse (exit 2, one line naming the option) ---
 
-MAX_NUMBER = 2**31 - 1  # orchestrator.store.ID_MAX: the largest integer every store holds
 MAX_LIMIT = 10_000
 MAX_MINUTES_AGO = 10 * 365 * 24 * 60
 LIMIT_HELP = f"how many (1 to {MAX_LIMIT})"
@@ -351,7 +351,7 @@ def _real(text: str, low: float, high: float, what: str, low_ok: bool = True) ->
 
 
 def _release_number(text: str) -> int:
-    return _whole(text, 1, MAX_NUMBER, "a release number")
+    return _whole(text, 1, ID_MAX, "a release number")
 
 
 def _limit(text: str) -> int:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 HANDLE_FILE = "serve.json"
-DEFAULT_STORE_URL = "sqlite:///.ship/ship.db"  # orchestrator.store.DEFAULT_URL, kept light
+DEFAULT_STORE_URL = "sqlite:///.ship/ship.db"  # the store's default (orchestrator.store)
 CONNECT_TIMEOUT_S = 2.0
 
 
@@ -38,10 +38,16 @@ class ServeHandle:
     store: str  # store_key() of its store: never the URL, which may hold a password
 
 
+def database_url() -> str:
+    """The store's URL: SHIP_DATABASE_URL, else SQLite under .ship/. Here rather than in
+    orchestrator.store so that the CLI's fast path need not import SQLAlchemy to know it."""
+    return os.environ.get("SHIP_DATABASE_URL") or DEFAULT_STORE_URL
+
+
 def store_key(url: str | None = None) -> str:
     """The store's identity, without its credentials: a hash of its URL, with a relative
     SQLite path resolved (two processes in other folders have other stores)."""
-    url = url or os.environ.get("SHIP_DATABASE_URL") or DEFAULT_STORE_URL
+    url = url or database_url()
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
         url = prefix + str(Path(url[len(prefix):]).resolve())

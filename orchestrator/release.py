@@ -82,6 +82,11 @@ def check_transition(release: str, current: State | str, wanted: State | str) ->
     if wanted not in TRANSITIONS[current]:
         raise IllegalTransition(release, current, wanted)
 
+# Ids, release numbers and counts are sa.Integer columns in the store: 32-bit on PostgreSQL
+# (SQLite's are 64-bit). A number from outside beyond this names nothing, rather than failing
+# the query. Here, not in orchestrator.store, so that the CLI checks it without SQLAlchemy.
+ID_MAX = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class RollbackOutcome:

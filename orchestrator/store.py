@@ -24,18 +24,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from orchestrator import schema as t
-from orchestrator.release import HOLDS_PIPELINE, IN_FLIGHT, SHIPPED, State, check_transition
+from orchestrator.handle import database_url
+from orchestrator.release import (
+    HOLDS_PIPELINE,
+    ID_MAX,
+    IN_FLIGHT,
+    SHIPPED,
+    State,
+    check_transition,
+)
 from shiptypes import Clock, Commit, FleetStatus, GateResult, Link, ReleaseRef, Slug, WallClock
-
-DEFAULT_URL = "sqlite:///.ship/ship.db"
-# Ids, release numbers and counts are sa.Integer columns: 32-bit on PostgreSQL (SQLite's
-# are 64-bit). A number from outside beyond this names nothing, rather than failing the query.
-ID_MAX = 2**31 - 1
-
-
-def database_url() -> str:
-    return os.environ.get("SHIP_DATABASE_URL") or DEFAULT_URL
-
 
 # --- what the store hands out -------------------------------------------------------------
 
